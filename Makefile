@@ -1,0 +1,45 @@
+# Two commands a newcomer needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+CONFIG ?= profiles
+ARGS   ?=
+
+.PHONY: run test lint typecheck pytest bench check clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Stamp files re-run the install only when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+run: $(VENV)/.installed
+	$(BIN)/llm-supervisor run --config-dir $(CONFIG) --state-dir .state --log-dir logs $(ARGS)
+
+check: $(VENV)/.installed
+	$(BIN)/llm-supervisor check --config-dir $(CONFIG)
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check llm_supervisor tests bench
+	$(BIN)/ruff format --check llm_supervisor tests bench
+
+typecheck: $(VENV)/.installed-dev
+	$(BIN)/mypy llm_supervisor
+
+pytest: $(VENV)/.installed-dev
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+bench: $(VENV)/.installed-dev
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .state .mypy_cache .pytest_cache .ruff_cache
