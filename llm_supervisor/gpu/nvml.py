@@ -245,6 +245,13 @@ class GpuMonitor:
             await sleep(interval)
             waited += interval
 
+    async def drain(self, max_wait: float | None = None) -> bool:
+        """Wait for an NVML call left running by a timeout; False if it is still stuck."""
+        if self._inflight is None or self._inflight.done():
+            return True
+        done, _ = await asyncio.wait({self._inflight}, timeout=max_wait)
+        return bool(done)
+
     def close(self) -> None:
         """Shut NVML down (best effort; the CLI calls this, the daemon at exit)."""
         if self._initialized:
