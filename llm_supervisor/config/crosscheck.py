@@ -1,15 +1,18 @@
-"""Checks that span files: unique names and ports, GPU references, GPU overcommit, rules."""
+"""Checks that span files: unique names, ports and models, GPU references, GPU overcommit,
+and policy entries that refer to no model (warnings)."""
 
 from __future__ import annotations
 
 import fnmatch
 from collections import defaultdict
+from dataclasses import dataclass
 
 from ..errors import ConfigIssue
 from .models import Policy, ProfileFile
 from .yamlload import LoadedYaml
 
 GIB = 2**30
+Key = tuple[str | int, ...]
 
 
 def check(
@@ -17,20 +20,30 @@ def check(
     docs: dict[str, LoadedYaml],
     policy: Policy,
     gpu_totals: dict[int | str, int] | None,
+    *,
+    policy_doc: tuple[str, LoadedYaml] | None = None,
+    check_references: bool = True,
 ) -> list[ConfigIssue]:
+    """All cross-file findings. ``policy_doc`` (path, parsed file) places policy warnings."""
+    all_docs = dict(docs)
+    policy_source = "policy"
+    if policy_doc is not None:
+        policy_source, all_docs[policy_doc[0]] = policy_doc
     issues: list[ConfigIssue] = []
-    issues += _unique_names_and_ports(profiles, docs)
-    issues += _gpu_references(profiles, docs, gpu_totals)
-    issues += _overcommit(profiles, docs, gpu_totals)
-    issues += _policy_references(profiles, policy)
+    issues += _unique_names_and_ports(profiles, all_docs)
+    issues += _unique_models(profiles, all_docs)
+    issues += _gpu_references(profiles, all_docs, gpu_totals)
+    issues += _overcommit(profiles, all_docs, gpu_totals)
+    if check_references:
+        issues += _policy_references(profiles, policy, policy_source, all_docs)
     return issues
 
 
-def _issue(
-    docs: dict[str, LoadedYaml], source: str, path: tuple[str | int, ...], msg: str, sev: str
-) -> ConfigIssue:
-    mark = docs[source].mark_for(path)
-    return ConfigIssue(source, mark.line, mark.col, ".".join(map(str, path)), msg, sev)
+def _issue(docs: dict[str, LoadedYaml], source: str, path: Key, msg: str, sev: str) -> ConfigIssue:
+    doc = docs.get(source)
+    mark = doc.mark_for(path) if doc else None
+    line, col = (mark.line, mark.col) if mark else (0, 0)
+    return ConfigIssue(source, line, col, ".".join(map(str, path)), msg, sev)
 
 
 def _unique_names_and_ports(
@@ -53,6 +66,29 @@ def _unique_names_and_ports(
     return issues
 
 
+def _unique_models(
+    profiles: dict[str, ProfileFile], docs: dict[str, LoadedYaml]
+) -> list[ConfigIssue]:
+    """The gateway routes by model name, so one name must lead to one service."""
+    issues: list[ConfigIssue] = []
+    owners: dict[str, str] = {}
+    for source, profile in profiles.items():
+        for name, spec in profile.services.items():
+            offered: list[tuple[str, Key]] = [
+                (m, ("services", name, "models", i)) for i, m in enumerate(spec.models)
+            ]
+            if spec.public_name:
+                field = "served_name" if spec.served_name else "model"
+                offered.append((spec.public_name, ("services", name, field)))
+            for model, key in offered:
+                owner = owners.setdefault(model, name)
+                if owner != name:
+                    msg = f"model {model!r} is also offered by service {owner!r}; the gateway "
+                    msg += "routes by model name, so only one service may offer it"
+                    issues.append(_issue(docs, source, key, msg, "error"))
+    return issues
+
+
 def _gpu_references(
     profiles: dict[str, ProfileFile],
     docs: dict[str, LoadedYaml],
@@ -70,37 +106,66 @@ def _gpu_references(
     return issues
 
 
+@dataclass(frozen=True)
+class _Claim:
+    source: str
+    service: str
+    fraction: float  # of the GPU's memory
+    declared: str  # as the operator wrote it: "0.60" or "40.0 GiB"
+
+
 def _overcommit(
     profiles: dict[str, ProfileFile],
     docs: dict[str, LoadedYaml],
     gpu_totals: dict[int | str, int] | None,
 ) -> list[ConfigIssue]:
-    """Sum what the services of each GPU may claim; more than the GPU holds is an error."""
-    claims: dict[int | str, list[tuple[str, str, float]]] = defaultdict(list)
+    """Sum what the services of each GPU may claim; more than the GPU holds is an error.
+
+    vLLM claims its gpu-memory-utilization of the whole GPU. Declared ``vram`` budgets
+    count only when the GPU's size is known (NVML), since a fraction needs a total.
+    """
+    claims: dict[int | str, list[_Claim]] = defaultdict(list)
     for source, profile in profiles.items():
         for ref in profile.gpus:
             total = (gpu_totals or {}).get(ref)
             for name, spec in profile.services.items():
                 fraction = spec.gpu_memory_utilization
-                if fraction is None and spec.vram is not None and total:
-                    fraction = spec.vram / total
                 if fraction is not None:
-                    claims[ref].append((source, name, fraction))
+                    declared = f"gpu-memory-utilization {fraction:.2f}"
+                    claims[ref].append(_Claim(source, name, fraction, declared))
+                elif spec.vram is not None and total:
+                    claims[ref].append(_Claim(source, name, spec.vram / total, "vram"))
     issues = []
     for ref, parts in claims.items():
-        share = sum(f for _, _, f in parts)
-        if share <= 1.0 + 1e-9:
-            continue
-        total = (gpu_totals or {}).get(ref)
-        detail = " + ".join(f"{n} {f:.2f}" for _, n, f in parts)
-        amount = f" = {share * total / GIB:.1f} GiB of {total / GIB:.1f} GiB" if total else ""
-        msg = f"GPU {ref} is overcommitted: {detail} = {share:.2f} of its memory{amount}"
-        source, name, _ = parts[-1]
-        issues.append(_issue(docs, source, ("services", name), msg, "error"))
+        share = sum(c.fraction for c in parts)
+        if share > 1.0 + 1e-9:
+            last = parts[-1]
+            msg = _overcommit_message(ref, parts, share, (gpu_totals or {}).get(ref))
+            issues.append(_issue(docs, last.source, ("services", last.service), msg, "error"))
     return issues
 
 
-def _policy_references(profiles: dict[str, ProfileFile], policy: Policy) -> list[ConfigIssue]:
+def _overcommit_message(
+    ref: int | str, parts: list[_Claim], share: float, total: int | None
+) -> str:
+    if total:
+        detail = " + ".join(
+            f"{c.service} {c.fraction * total / GIB:.1f} GiB ({c.declared})" for c in parts
+        )
+        return (
+            f"GPU {ref} is overcommitted: {detail} = {share * total / GIB:.1f} GiB, "
+            f"but the GPU has {total / GIB:.1f} GiB ({share:.0%})"
+        )
+    detail = " + ".join(f"{c.service} {c.fraction:.2f}" for c in parts)
+    return (
+        f"GPU {ref} is overcommitted: gpu-memory-utilization {detail} = {share:.2f} "
+        "of its memory (at most 1.0)"
+    )
+
+
+def _policy_references(
+    profiles: dict[str, ProfileFile], policy: Policy, source: str, docs: dict[str, LoadedYaml]
+) -> list[ConfigIssue]:
     models: set[str] = set()
     for profile in profiles.values():
         for spec in profile.services.values():
@@ -111,10 +176,16 @@ def _policy_references(profiles: dict[str, ProfileFile], policy: Policy) -> list
     for i, rule in enumerate(policy.keep_alive.rules):
         if not any(fnmatch.fnmatchcase(m, rule.match) for m in models):
             msg = f"rule {rule.match!r} matches no model named in the profiles"
-            issues.append(ConfigIssue("policy", 0, 0, f"keep_alive.rules.{i}", msg, "warning"))
-    for key, names in (("pin", policy.pin), ("focus", policy.focus)):
-        for name in names:
+            key: Key = ("keep_alive", "rules", i, "match")
+            issues.append(_issue(docs, source, key, msg, "warning"))
+    for field in ("pin", "focus"):
+        for i, name in enumerate(getattr(policy, field)):
             if name not in models:
                 msg = f"{name!r} is not offered by any service"
-                issues.append(ConfigIssue("policy", 0, 0, key, msg, "warning"))
+                issues.append(_issue(docs, source, (field, i), msg, "warning"))
+    if policy.focus:
+        for i, name in enumerate(policy.pin):
+            if name not in policy.focus:
+                msg = f"pinned model {name!r} is not in focus, so requests for it are refused"
+                issues.append(_issue(docs, source, ("pin", i), msg, "warning"))
     return issues

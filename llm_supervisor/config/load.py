@@ -1,18 +1,23 @@
-"""Read a config directory into a validated ``Config``, collecting every error at once."""
+"""Read a config directory into a validated ``Config``, collecting every error at once.
+
+Nothing but ``ConfigError`` leaves ``load_config``: a file caught half-written by an editor,
+one that vanished between listing and reading, or one that is not YAML at all are ordinary
+errors with a position, so a hot reload rejects them and retries on the next change.
+"""
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError, ConfigIssue
 from . import crosscheck
+from .messages import found, validation_issues
 from .models import Config, Policy, ProfileFile, ServiceConfig
 from .yamlload import LoadedYaml, YamlSyntaxError, load_yaml
 
@@ -20,6 +25,7 @@ _M = TypeVar("_M", bound=BaseModel)
 
 POLICY_STEM = "policy"
 SUFFIXES = (".yaml", ".yml")
+MAX_FILE_BYTES = 4 * 2**20  # a profile is a few KiB; anything this big is not one
 
 
 @dataclass
@@ -30,18 +36,36 @@ class _Collector:
         self.issues.append(ConfigIssue(path, line, col, key, message))
 
 
+@dataclass
+class _Loaded:
+    profiles: dict[str, ProfileFile] = field(default_factory=dict)
+    docs: dict[str, LoadedYaml] = field(default_factory=dict)
+    policies: list[tuple[str, Policy, LoadedYaml]] = field(default_factory=list)
+    profile_files: int = 0  # profile files seen, valid or not
+
+
 def config_files(config_dir: Path) -> list[Path]:
-    """The YAML files that make up the config (top level only; editors' temp files skipped)."""
+    """The YAML files that make up the config (top level only; editors' temp files skipped).
+
+    Directories and dangling symlinks named ``*.yaml`` are listed so that they are reported
+    instead of silently dropping a profile; FIFOs and sockets are skipped (reading blocks).
+    """
     return sorted(
         p for p in config_dir.iterdir()
-        if p.suffix in SUFFIXES and not p.name.startswith(".") and p.is_file()
+        if p.suffix in SUFFIXES and not p.name.startswith(".")
+        and (p.is_file() or p.is_dir() or (p.is_symlink() and not p.exists()))
     )  # fmt: skip
 
 
 def fingerprint(config_dir: Path) -> str:
     """Hash of names and contents: a touch or chmod leaves it unchanged."""
     digest = hashlib.sha256()
-    for path in config_files(config_dir):
+    try:
+        paths = config_files(config_dir)
+    except OSError as exc:
+        paths = []
+        digest.update(repr(exc).encode())
+    for path in paths:
         digest.update(path.name.encode() + b"\0")
         try:
             digest.update(path.read_bytes())
@@ -59,57 +83,90 @@ def load_config(
     telemetry is available; without it only checks that need no hardware facts are made.
     """
     collector = _Collector()
-    if not config_dir.is_dir():
-        raise ConfigError([ConfigIssue(str(config_dir), 0, 0, "", "is not a directory")])
-    profiles: dict[str, ProfileFile] = {}
-    profile_docs: dict[str, LoadedYaml] = {}
-    policies: list[tuple[str, Policy]] = []
-    for path in config_files(config_dir):
+    try:
+        paths = config_files(config_dir)
+    except OSError as exc:
+        reason = "is not a directory" if config_dir.exists() else "does not exist"
+        if config_dir.is_dir():
+            reason = f"cannot be listed: {exc.strerror or exc}"
+        raise ConfigError([ConfigIssue(str(config_dir), 0, 0, "", reason)]) from None
+    loaded = _load_files(paths, collector)
+    _directory_checks(config_dir, paths, loaded, collector)
+    policy_name, policy, policy_doc = (
+        loaded.policies[0] if loaded.policies else (None, Policy(), None)
+    )
+    all_valid = loaded.profile_files == len(loaded.profiles)
+    collector.issues += crosscheck.check(
+        loaded.profiles,
+        loaded.docs,
+        policy,
+        gpu_totals,
+        policy_doc=(policy_name, policy_doc) if policy_name and policy_doc else None,
+        check_references=all_valid,  # a broken profile would make every rule look unused
+    )
+    issues = sorted(collector.issues, key=lambda i: (i.path, i.line, i.col))
+    if any(i.severity == "error" for i in issues):
+        raise ConfigError(issues)
+    config = Config(services=_services(loaded.profiles), policy=policy, policy_source=policy_name)
+    return config, issues
+
+
+def _load_files(paths: list[Path], collector: _Collector) -> _Loaded:
+    loaded = _Loaded()
+    for path in paths:
         name = str(path)
+        is_policy = path.stem == POLICY_STEM
+        loaded.profile_files += 0 if is_policy else 1
         doc = _read(path, collector)
         if doc is None:
             continue
-        if path.stem == POLICY_STEM:
+        if is_policy:
             policy = _validate(Policy, doc, name, collector)
             if policy is not None:
-                policies.append((name, policy))
+                loaded.policies.append((name, policy, doc))
         else:
             profile = _validate(ProfileFile, doc, name, collector)
             if profile is not None:
-                profiles[name] = profile
-                profile_docs[name] = doc
-    policy_files = [p for p in config_files(config_dir) if p.stem == POLICY_STEM]
+                loaded.profiles[name] = profile
+                loaded.docs[name] = doc
+    return loaded
+
+
+def _directory_checks(
+    config_dir: Path, paths: list[Path], loaded: _Loaded, collector: _Collector
+) -> None:
+    policy_files = [p for p in paths if p.stem == POLICY_STEM]
     if len(policy_files) > 1:
-        names = ", ".join(p.name for p in policy_files)
-        collector.error(str(policy_files[1]), 1, 1, "", f"more than one policy file ({names})")
-    if not any(p.stem != POLICY_STEM for p in config_files(config_dir)):
-        collector.error(str(config_dir), 0, 0, "", "no profiles (*.yaml) in the config directory")
-    policy = policies[0][1] if policies else Policy()
-    services = _services(profiles)
-    collector.issues += crosscheck.check(profiles, profile_docs, policy, gpu_totals)
-    errors = [i for i in collector.issues if i.severity == "error"]
-    if errors:
-        raise ConfigError(collector.issues)
-    config = Config(
-        services=services, policy=policy, policy_source=policies[0][0] if policies else None
-    )
-    return config, [i for i in collector.issues if i.severity != "error"]
+        names = " and ".join(p.name for p in policy_files)
+        msg = f"more than one policy file ({names}); keep one"
+        collector.error(str(policy_files[1]), 1, 1, "", msg)
+    if loaded.profile_files == 0:
+        msg = "no profiles in the config directory (expected gpu0.yaml or another *.yaml)"
+        collector.error(str(config_dir), 0, 0, "", msg)
 
 
 def _read(path: Path, collector: _Collector) -> LoadedYaml | None:
     name = str(path)
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            collector.error(
+                name, 1, 1, "", f"larger than {MAX_FILE_BYTES >> 20} MiB; not a profile"
+            )
+            return None
         raw = path.read_bytes()
     except OSError as exc:
-        collector.error(name, 0, 0, "", f"cannot read: {exc.strerror or exc}")
+        collector.error(name, 1, 1, "", f"cannot read: {exc.strerror or exc}")
         return None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        collector.error(name, 1, 1, "", f"not UTF-8 text (byte {exc.start}); is this a YAML file?")
+        line = raw[: exc.start].count(b"\n") + 1
+        msg = f"not UTF-8 text (byte {exc.start}); is this a YAML file?"
+        collector.error(name, line, 1, "", msg)
         return None
     if "\0" in text:
-        collector.error(name, 1, 1, "", "contains NUL bytes; is this a YAML file?")
+        line = text[: text.index("\0")].count("\n") + 1
+        collector.error(name, line, 1, "", "contains NUL bytes; is this a YAML file?")
         return None
     try:
         doc = load_yaml(text)
@@ -117,57 +174,22 @@ def _read(path: Path, collector: _Collector) -> LoadedYaml | None:
         collector.error(name, exc.mark.line, exc.mark.col, "", str(exc))
         return None
     if doc.data is None:
-        collector.error(name, 1, 1, "", "file is empty; delete it or add a mapping")
+        collector.error(name, 1, 1, "", "file is empty (or only comments); expected a mapping")
         return None
     if not isinstance(doc.data, dict):
-        kind = type(doc.data).__name__
-        collector.error(name, 1, 1, "", f"expected a mapping at the top level, got {kind}")
+        mark = doc.mark_for(())
+        msg = f"expected a mapping (key: value) at the top level, got {found(doc.data)}"
+        collector.error(name, mark.line, mark.col, "", msg)
         return None
     return doc
 
 
-def _validate(
-    model: type[_M], doc: LoadedYaml, name: str, collector: _Collector
-) -> _M | None:
+def _validate(model: type[_M], doc: LoadedYaml, name: str, collector: _Collector) -> _M | None:
     try:
         return model.model_validate(doc.data)
     except ValidationError as exc:
-        for err in exc.errors():
-            loc = tuple(err["loc"])
-            mark = doc.mark_for(loc)
-            key = ".".join(str(p) for p in loc)
-            collector.error(name, mark.line, mark.col, key, _message(err, loc))
+        collector.issues += validation_issues(exc, doc, name, model)
         return None
-
-
-def _message(err: Any, loc: tuple[Any, ...]) -> str:
-    kind = err["type"]
-    given = err.get("input")
-    if kind == "extra_forbidden":
-        unknown = str(loc[-1]) if loc else ""
-        close = difflib.get_close_matches(unknown, _all_field_names(), n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        return f"unknown key {unknown!r}{hint}"
-    if kind == "missing":
-        return "required key is missing"
-    msg = str(err["msg"]).removeprefix("Value error, ")
-    if kind in {"int_type", "int_parsing", "int_from_float"}:
-        return f"expected an integer, got {given!r}"
-    if kind == "literal_error":
-        return f"{msg}, got {given!r}"
-    if kind.endswith("_type") or kind.endswith("_parsing"):
-        return f"{msg}, got {given!r}"
-    return msg
-
-
-def _all_field_names() -> list[str]:
-    from . import models
-
-    names: set[str] = set()
-    for obj in vars(models).values():
-        if isinstance(obj, type) and issubclass(obj, BaseModel) and obj is not BaseModel:
-            names.update(obj.model_fields)
-    return sorted(names)
 
 
 def _services(profiles: dict[str, ProfileFile]) -> dict[str, ServiceConfig]:

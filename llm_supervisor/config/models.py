@@ -6,60 +6,22 @@ what the hot-reload diff relies on.
 
 from __future__ import annotations
 
-import re
-from typing import Annotated, Any, Literal
+from typing import Literal
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    StringConstraints,
-    WithJsonSchema,
-    field_validator,
-    model_validator,
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .fieldtypes import (
+    ArgValue,
+    ByteSize,
+    Duration,
+    EnvValue,
+    GpuField,
+    LocatedValueError,
+    ServiceName,
+    parse_size,
 )
 
-from ..durations import parse_duration
-
-DURATION_SCHEMA: dict[str, Any] = {
-    "anyOf": [
-        {"type": "string", "pattern": r"^(forever|-1|(\d+(\.\d+)?(ms|h|m|s))+|\d+)$"},
-        {"type": "number", "minimum": -1},
-    ],
-    "description": "Seconds, or a duration such as 30s, 10m, 1h30m; 'forever' keeps it loaded.",
-}
-
-Duration = Annotated[float, BeforeValidator(parse_duration), WithJsonSchema(DURATION_SCHEMA)]
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kib|mib|gib|tib|kb|mb|gb|tb)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {
-    "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
-}  # fmt: skip
-
-
-def parse_size(value: object) -> int:
-    """Bytes from ``24GiB``, ``500MB`` or a plain integer of bytes."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a size such as 24GiB, got {value!r}")
-    if isinstance(value, int):
-        return value
-    match = _SIZE.match(str(value))
-    if not match:
-        raise ValueError(f"expected a size such as 24GiB or 500MiB, got {value!r}")
-    return int(float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()])
-
-
-ByteSize = Annotated[
-    int,
-    BeforeValidator(parse_size),
-    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "integer", "minimum": 0}]}),
-]
-
-ServiceName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
-GpuRef = int | Annotated[str, StringConstraints(pattern=r"^(GPU-[0-9a-fA-F-]+|cpu)$")]
-ArgValue = str | int | float | bool | list[str | int | float] | None
+__all__ = ["LocatedValueError", "parse_size"]  # re-exported for callers of the old layout
 
 
 class Strict(BaseModel):
@@ -68,7 +30,8 @@ class Strict(BaseModel):
 
 class HealthSpec(Strict):
     startup_timeout: Duration | None = Field(
-        default=None, description="How long a start may take until ready (default: vllm 20m, else 2m)."
+        default=None,
+        description="How long a start may take until ready (default: vllm 20m, else 2m).",
     )
     interval: Duration = Field(default=10.0, description="Liveness probe period once ready.")
     timeout: Duration = Field(default=5.0, description="Timeout of one probe request.")
@@ -100,14 +63,18 @@ class ServiceSpec(Strict):
         default=None, min_length=1, description="Executable and leading args (argv, no shell)."
     )
     args: dict[str, ArgValue] = Field(
-        default_factory=dict, description="Engine flags: {max-model-len: 16384} → --max-model-len 16384"
+        default_factory=dict,
+        description="Engine flags: {max-model-len: 16384} → --max-model-len 16384",
     )
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, EnvValue] = Field(
+        default_factory=dict, description="Extra environment variables for the engine process."
+    )
     start: Literal["boot", "on-demand"] = "boot"
     health: HealthSpec = HealthSpec()
     restart: RestartSpec = RestartSpec()
     stop_timeout: Duration | None = Field(
-        default=None, description="Grace after SIGTERM before SIGKILL (default: vllm 30s, else 10s)."
+        default=None,
+        description="Grace after SIGTERM before SIGKILL (default: vllm 30s, else 10s).",
     )
     vram: ByteSize | None = Field(
         default=None, description="Declared GPU memory budget (non-vLLM engines), e.g. 40GiB."
@@ -116,23 +83,34 @@ class ServiceSpec(Strict):
     @field_validator("args")
     @classmethod
     def _known_vllm_arg_types(cls, args: dict[str, ArgValue]) -> dict[str, ArgValue]:
-        for key, kind in (("max-model-len", int), ("tensor-parallel-size", int)):
+        for key in ("max-model-len", "tensor-parallel-size"):
             value = args.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
-                raise ValueError(f"{key}: expected an integer, got {value!r}")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise LocatedValueError((key,), f"expected an integer, got {value!r}")
         util = args.get("gpu-memory-utilization")
         if util is not None and (
             isinstance(util, bool) or not isinstance(util, int | float) or not 0 < util <= 1
         ):
-            raise ValueError(f"gpu-memory-utilization: expected a number in (0, 1], got {util!r}")
+            msg = f"expected a fraction of GPU memory in (0, 1], e.g. 0.85, got {util!r}"
+            raise LocatedValueError(("gpu-memory-utilization",), msg)
         return args
 
     @model_validator(mode="after")
     def _engine_requirements(self) -> ServiceSpec:
-        if self.engine == "vllm" and not self.model:
-            raise ValueError("engine vllm needs 'model' (a path or Hugging Face id)")
-        if self.engine == "command" and not self.command:
-            raise ValueError("engine command needs 'command' (the server's argv)")
+        for key, wrong, message in (
+            ("model", self.engine == "vllm" and not self.model,
+             "engine vllm needs 'model' (a path or Hugging Face id)"),
+            ("command", self.engine == "command" and not self.command,
+             "engine command needs 'command' (the server's argv)"),
+            ("models", self.engine == "vllm" and bool(self.models),
+             "engine vllm serves one model: use 'model' (and 'served_name'), not 'models'"),
+            ("model", self.engine == "ollama" and self.model is not None,
+             "engine ollama takes 'models: [...]' (the models it offers), not 'model'"),
+            ("vram", self.engine == "vllm" and self.vram is not None,
+             "engine vllm's budget is args.gpu-memory-utilization; 'vram' is for other engines"),
+        ):  # fmt: skip
+            if wrong:
+                raise LocatedValueError((key,), message)
         return self
 
     @property
@@ -151,7 +129,7 @@ class ServiceSpec(Strict):
 class ProfileFile(Strict):
     """One ``gpuN.yaml``: the services that share a GPU (or a tensor-parallel GPU set)."""
 
-    gpu: GpuRef | list[GpuRef] = Field(description="Index, UUID 'GPU-…', a list, or 'cpu'.")
+    gpu: GpuField = Field(description="Index, UUID 'GPU-…', a list (tensor parallel), or 'cpu'.")
     services: dict[ServiceName, ServiceSpec] = Field(default_factory=dict)
 
     @property
@@ -179,7 +157,8 @@ class PressureSpec(Strict):
     @model_validator(mode="after")
     def _ordered(self) -> PressureSpec:
         if self.warning > self.critical:
-            raise ValueError("pressure.warning must not be above pressure.critical")
+            msg = f"warning ({self.warning}) must not be above critical ({self.critical})"
+            raise LocatedValueError(("warning",), msg)
         return self
 
 

@@ -2,7 +2,9 @@
 
 PyYAML's SafeLoader silently keeps the last of two duplicate keys and forgets line numbers
 once it has built Python objects. We compose the node tree ourselves so that duplicate keys
-are errors and every value keeps its ``line:col`` for compiler-style messages.
+are errors and every value keeps its ``line:col`` for compiler-style messages. Anything the
+file can do wrong (bad syntax, bad tags, recursive or exploding aliases, absurd nesting)
+ends as a ``YamlSyntaxError`` with a position, never as another exception.
 """
 
 from __future__ import annotations
@@ -13,6 +15,10 @@ from typing import Any
 import yaml
 
 Path = tuple[str | int, ...]
+
+MAX_DEPTH = 64  # real profiles nest 5 levels; deeper is garbage or an attack
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+MAX_NODES = 100_000  # stops alias bombs ("billion laughs") long before memory is at risk
 
 
 @dataclass(frozen=True)
@@ -54,56 +60,90 @@ def load_yaml(text: str) -> LoadedYaml:
     loader = _StrictLoader(text)
     try:
         node = loader.get_single_node()
+        result = LoadedYaml(data=None)
+        if node is not None:
+            result.data = _Builder(loader, result.marks).build(node, (), frozenset())
+        return result
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = Mark(mark.line + 1, mark.column + 1) if mark else Mark(1, 1)
         raise YamlSyntaxError(_describe(exc), where) from None
     except yaml.YAMLError as exc:
-        raise YamlSyntaxError(str(exc).splitlines()[0], Mark(1, 1)) from None
+        raise YamlSyntaxError(f"YAML error: {str(exc).splitlines()[0]}", Mark(1, 1)) from None
+    except RecursionError:
+        raise YamlSyntaxError("YAML nesting is too deep", Mark(1, 1)) from None
     finally:
         loader.dispose()
-    result = LoadedYaml(data=None)
-    if node is not None:
-        result.data = _build(loader, node, (), result.marks)
-    return result
 
 
 def _describe(exc: yaml.MarkedYAMLError) -> str:
     problem = exc.problem or "invalid YAML"
     if "found character '\\t'" in problem:
         return "tab characters are not allowed for indentation in YAML; use spaces"
+    if "found another document" in problem:
+        return "a file holds one YAML document, found a second one (a '---' line)"
     context = f" ({exc.context})" if exc.context else ""
     return f"YAML syntax error: {problem}{context}"
 
 
-def _build(loader: _StrictLoader, node: yaml.Node, path: Path, marks: dict[Path, Mark]) -> Any:
-    marks[path] = _mark(node)
-    if isinstance(node, yaml.MappingNode):
-        return _build_mapping(loader, node, path, marks)
-    if isinstance(node, yaml.SequenceNode):
-        return [_build(loader, item, (*path, i), marks) for i, item in enumerate(node.value)]
-    try:
-        return loader.construct_object(node, deep=True)
-    except yaml.YAMLError as exc:
-        raise YamlSyntaxError(f"invalid value: {exc}", _mark(node)) from None
+class _Builder:
+    """Turns composed nodes into plain dicts/lists/scalars while recording marks."""
 
+    def __init__(self, loader: _StrictLoader, marks: dict[Path, Mark]) -> None:
+        self.loader = loader
+        self.marks = marks
+        self.count = 0
+        self.written: dict[int, set[int]] = {}
 
-def _build_mapping(
-    loader: _StrictLoader, node: yaml.MappingNode, path: Path, marks: dict[Path, Mark]
-) -> dict[str, Any]:
-    loader.flatten_mapping(node)  # resolves YAML merge keys (<<)
-    result: dict[str, Any] = {}
-    for key_node, value_node in node.value:
-        if not isinstance(key_node, yaml.ScalarNode):
-            raise YamlSyntaxError("mapping keys must be plain strings", _mark(key_node))
-        key = loader.construct_object(key_node)
-        key = str(key).lower() if isinstance(key, bool) else str(key)
-        if key in result:
-            first = marks[(*path, key)]
+    def build(self, node: yaml.Node, path: Path, stack: frozenset[int]) -> Any:
+        self._guard(node, path, stack)
+        self.marks[path] = _mark(node)
+        inner = stack | {id(node)}
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, path, inner)
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, (*path, i), inner) for i, item in enumerate(node.value)]
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except Exception as exc:  # any tag constructor may fail on odd input (!!int abc)
+            problem = exc.problem if isinstance(exc, yaml.MarkedYAMLError) else None
+            detail = problem or str(exc) or type(exc).__name__
+            raise YamlSyntaxError(f"invalid value {node.value!r}: {detail}", _mark(node)) from None
+
+    def _guard(self, node: yaml.Node, path: Path, stack: frozenset[int]) -> None:
+        self.count += 1
+        if id(node) in stack:
+            raise YamlSyntaxError("recursive alias: a value refers to itself", _mark(node))
+        if len(path) > MAX_DEPTH:
+            raise YamlSyntaxError(f"nesting deeper than {MAX_DEPTH} levels", _mark(node))
+        if self.count > MAX_NODES:
             raise YamlSyntaxError(
-                f"duplicate key {key!r} (first defined at line {first.line})", _mark(key_node)
+                f"more than {MAX_NODES} values (are aliases expanding?)", _mark(node)
             )
-        marks[(*path, key)] = _mark(key_node)
-        result[key] = _build(loader, value_node, (*path, key), marks)
-        marks[(*path, key)] = _mark(key_node)  # keep the key's position, not the value's
-    return result
+
+    def _mapping(self, node: yaml.MappingNode, path: Path, stack: frozenset[int]) -> Any:
+        # Keys written in this mapping may not repeat; keys pulled in by a merge (<<) may be
+        # overridden, as YAML intends. Remember the written ones before flattening mutates
+        # the node (an aliased node is flattened once and seen again later).
+        written = self.written.setdefault(
+            id(node), {id(k) for k, _ in node.value if k.tag != _MERGE_TAG}
+        )
+        self.loader.flatten_mapping(node)
+        result: dict[str, Any] = {}
+        seen: set[str] = set()  # keys written here so far
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise YamlSyntaxError("mapping keys must be plain strings", _mark(key_node))
+            # The key as written: `off:` stays "off" rather than becoming False -> "false".
+            key = str(key_node.value)
+            if id(key_node) in written and key in seen:
+                first = self.marks[(*path, key)]
+                raise YamlSyntaxError(
+                    f"duplicate key {key!r} (first defined at line {first.line})",
+                    _mark(key_node),
+                )
+            if id(key_node) in written:
+                seen.add(key)
+            result[key] = self.build(value_node, (*path, key), stack)
+            self.marks[(*path, key)] = _mark(key_node)  # the key's position, not the value's
+        return result
