@@ -1,0 +1,155 @@
+"""Memory failures: KV cache too small, GPU memory taken by others, GPU and host OOM."""
+
+from __future__ import annotations
+
+import math
+
+from . import model as c
+from .rules import VLLM, Found, Rule, by_engine, fixed, rx
+
+
+def _kv_hint(found: Found) -> str:
+    numbers = found.numbers
+    fit = numbers.get("max_tokens_fit")
+    if fit is None and "kv_needed_gib" in numbers and numbers["kv_needed_gib"]:
+        # Older vLLM did not print the estimate; KV memory grows linearly with length.
+        ratio = numbers["kv_available_gib"] / numbers["kv_needed_gib"]
+        fit = math.floor(numbers["max_model_len"] * ratio)
+        numbers["max_tokens_fit_estimate"] = fit
+        return f"set max-model-len to about {fit} or lower, or raise gpu-memory-utilization"
+    if fit is None:
+        return "raise gpu-memory-utilization, or lower max-model-len"
+    return f"set max-model-len to {fit} or lower, or raise gpu-memory-utilization"
+
+
+def _free_memory_hint(found: Found) -> str:
+    free, total = found.numbers.get("free_gib"), found.numbers.get("total_gib")
+    if not free or not total:
+        return "other processes hold GPU memory: free it or lower gpu-memory-utilization"
+    # One point below the free share leaves room for the CUDA context of the new process.
+    fits = math.floor(free / total * 100 - 1) / 100
+    found.numbers["suggested_gpu_memory_utilization"] = fits
+    return (
+        f"only {free:g} of {total:g} GiB are free: stop whoever holds the GPU "
+        f"(llm-supervisor gpus) or set gpu-memory-utilization to {fits:.2f} or lower"
+    )
+
+
+def _max_len_hint(found: Found) -> str:
+    derived = found.numbers.get("derived_max_model_len")
+    return (
+        f"set max-model-len to {derived} or lower (the model's config.json allows {derived}); "
+        "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 overrides this at your own risk"
+    )
+
+
+def _host_oom_hint(found: Found) -> str:
+    need, have = found.numbers.get("required_gib"), found.numbers.get("available_gib")
+    prefix = f"needs {need:g} GiB of RAM, {have:g} GiB free: " if need and have else ""
+    return prefix + "not enough host memory; stop other models or use a smaller quantization"
+
+
+_CUDA_OOM = by_engine(
+    "the GPU ran out of memory: lower gpu-memory-utilization, max-model-len or max-num-seqs, "
+    "and check that no other process holds GPU memory (llm-supervisor gpus)",
+    "the GPU ran out of memory: lower num_ctx or OLLAMA_NUM_PARALLEL, unload other models, "
+    "and check that no other process holds GPU memory (llm-supervisor gpus)",
+)
+
+
+MEMORY_RULES: tuple[Rule, ...] = (
+    Rule(
+        c.KV_CACHE_INSUFFICIENT,
+        ("to serve at least one request",),
+        rx(
+            r"To serve at least one request with the models?'s max seq len"
+            r" \((?P<max_model_len>\d+)\)"
+            r",? \(?(?P<kv_needed_gib>[\d.]+) GiB KV cache is needed, which is larger than the"
+            r" available KV cache memory \((?P<kv_available_gib>[\d.]+) GiB\)\.?"
+            r"(?: Based on the available memory,? the estimated maximum model length is"
+            r" (?P<max_tokens_fit>\d+))?"
+        ),
+        _kv_hint,
+        VLLM,
+    ),
+    Rule(
+        c.KV_CACHE_INSUFFICIENT,
+        ("stored in kv cache",),
+        rx(
+            r"max seq len \((?P<max_model_len>\d+)\) is larger than the maximum number of tokens"
+            r" that can be stored in KV cache \((?P<max_tokens_fit>\d+)\)"
+        ),
+        _kv_hint,
+        VLLM,
+    ),
+    Rule(
+        c.KV_CACHE_INSUFFICIENT,
+        ("no available memory for the cache blocks",),
+        rx(r"No available memory for the cache blocks"),
+        fixed(
+            "no memory is left for the KV cache after loading the weights: raise "
+            "gpu-memory-utilization or use a smaller (quantized) model"
+        ),
+        VLLM,
+    ),
+    Rule(
+        c.INSUFFICIENT_FREE_MEMORY,
+        ("on startup is less than desired",),
+        rx(
+            r"Free memory on device(?: (?P<device>\S+))?"
+            r" \((?P<free_gib>[\d.]+)/(?P<total_gib>[\d.]+)"
+            r" GiB\) on startup is less than desired GPU memory utilization"
+            r" \((?P<gpu_memory_utilization>[\d.]+), (?P<requested_gib>[\d.]+) GiB\)"
+        ),
+        _free_memory_hint,
+        VLLM,
+    ),
+    Rule(
+        c.MAX_MODEL_LEN_TOO_LARGE,
+        ("user-specified max_model_len",),
+        rx(
+            r"User-specified max_model_len \((?P<max_model_len>\d+)\) is greater than the derived"
+            r" max_model_len \((?P<key>[\w.]+)=(?P<derived_max_model_len>\d+)"
+        ),
+        _max_len_hint,
+        VLLM,
+    ),
+    Rule(
+        c.CUDA_OOM,
+        ("out of memory",),
+        rx(
+            r"CUDA out of memory\. Tried to allocate (?P<tried_alloc_gib__size>[\d.]+ [KMG]iB)\."
+            r" GPU (?P<gpu>\d+) has a total capacity of (?P<gpu_total_gib__size>[\d.]+ [KMG]iB)"
+            r" of which (?P<gpu_free_gib__size>[\d.]+ [KMG]iB) is free"
+        ),
+        _CUDA_OOM,
+    ),
+    Rule(
+        c.CUDA_OOM,
+        ("out of memory", "malloc failed", "cuda", "out of device memory"),
+        rx(
+            r"OutOfMemoryError|CUDA error: out of memory|CUDA out of memory|cudaMalloc failed"
+            r"|hipMalloc failed|HIP out of memory|out of device memory"
+            r"|(?:unable|failed) to allocate (?:CUDA|ROCm)\d* buffer|cudaErrorMemoryAllocation"
+        ),
+        _CUDA_OOM,
+    ),
+    Rule(
+        c.HOST_OOM,
+        ("more system memory",),
+        rx(
+            r"model requires more system memory \((?P<required_gib__size>[\d.]+ ?[KMGT]?i?B)\)"
+            r" than is available \((?P<available_gib__size>[\d.]+ ?[KMGT]?i?B)\)"
+        ),
+        _host_oom_hint,
+    ),
+    Rule(
+        c.HOST_OOM,
+        ("cpu buffer", "can't allocate memory", "cannot allocate memory", "out of memory: kill"),
+        rx(
+            r"(?:unable|failed) to allocate CPU buffer|DefaultCPUAllocator: can't allocate memory"
+            r"|Cannot allocate memory|Out of memory: Killed process"
+        ),
+        _host_oom_hint,
+    ),
+)

@@ -1,0 +1,18 @@
+"""Every failure message the classifier knows, most specific causes first.
+
+Wording is taken from vLLM's and Ollama's sources and from real logs in their issue
+threads (see tests/data/engine_logs/SOURCES.md). vLLM has changed some messages over
+versions (``models's`` became ``model's``; the estimated maximum model length was added;
+config errors are now wrapped in pydantic "Value error, ..." lines), so patterns accept
+the old and the new wording. The order here does not decide anything: ``classify`` ranks
+matches by the cause's place in ``model.CAUSES``.
+"""
+
+from __future__ import annotations
+
+from .config_rules import CONFIG_RULES
+from .memory_rules import MEMORY_RULES
+from .process_rules import PROCESS_RULES
+from .rules import Rule
+
+RULES: tuple[Rule, ...] = MEMORY_RULES + CONFIG_RULES + PROCESS_RULES

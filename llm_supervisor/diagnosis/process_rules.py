@@ -1,0 +1,115 @@
+"""Process failures: port taken, executable missing, killed, engine process died."""
+
+from __future__ import annotations
+
+from . import model as c
+from .rules import OLLAMA, VLLM, Found, Rule, by_engine, fixed, rx
+
+
+def _port_hint(found: Found) -> str:
+    port = found.text("port")
+    if not port:
+        return "the port is taken (an old instance still running?): ss -ltnp shows who holds it"
+    return (
+        f"port {port} is taken (an old instance still running?): "
+        f"ss -ltnp 'sport = :{port}' shows who holds it; stop it or change the service's port"
+    )
+
+
+def _missing_hint(found: Found) -> str:
+    cmd = found.text("cmd", "the engine executable")
+    return f"{cmd} was not found: set the service's command to the engine's full path"
+
+
+_DEAD = by_engine(
+    "the engine core process died; its root cause is in the lines above this one",
+    "the llama runner died while loading or serving; see the lines above this one",
+)
+
+
+PROCESS_RULES: tuple[Rule, ...] = (
+    Rule(
+        c.PORT_IN_USE,
+        ("address already in use",),
+        rx(r"bind on address \('(?P<host>[^']*)', (?P<port>\d+)\): address already in use"),
+        _port_hint,
+    ),
+    Rule(
+        c.PORT_IN_USE,
+        ("listen tcp",),
+        rx(
+            r"listen tcp (?P<host>\S*?):(?P<port>\d+): bind: (?:address already in use"
+            r"|Only one usage of each socket address)"
+        ),
+        _port_hint,
+        OLLAMA,
+    ),
+    Rule(
+        c.PORT_IN_USE,
+        ("address already in use", "only one usage of each socket", "eaddrinuse"),
+        rx(r"address already in use|Only one usage of each socket address|EADDRINUSE"),
+        _port_hint,
+        exclude=rx(r"Retrying with a new port"),
+    ),
+    Rule(
+        c.EXECUTABLE_MISSING,
+        ("command not found",),
+        rx(r"(?:^|: )(?P<cmd>[^\s:]+): command not found"),
+        _missing_hint,
+    ),
+    Rule(
+        c.EXECUTABLE_MISSING,
+        ("executable file not found",),
+        rx(r"exec: \"(?P<cmd>[^\"]+)\": executable file not found"),
+        _missing_hint,
+    ),
+    Rule(
+        c.EXECUTABLE_MISSING,
+        ("no such file or directory", "permission denied"),
+        rx(r"(?:No such file or directory|Permission denied): '(?P<cmd>[^']*?(?:vllm|ollama))'"),
+        _missing_hint,
+    ),
+    Rule(
+        c.EXECUTABLE_MISSING,
+        ("no module named",),
+        rx(r"No module named '?vllm'?"),
+        fixed(
+            "vLLM is not installed for this Python: point the service's command at the vllm "
+            "executable of the virtualenv that has it"
+        ),
+        VLLM,
+    ),
+    Rule(
+        c.KILLED,
+        ("killed",),
+        rx(r"^\s*Killed\s*$"),
+        fixed("killed (SIGKILL): out of host memory? check dmesg for the OOM killer"),
+    ),
+    Rule(
+        c.ENGINE_DEAD,
+        ("engine", "enginecore"),
+        rx(
+            r"EngineDeadError|EngineCore encountered (?:an issue|a fatal error)"
+            r"|Engine core initialization failed|Engine process failed to start"
+            r"|EngineCore failed to start"
+        ),
+        _DEAD,
+        VLLM,
+    ),
+    Rule(
+        c.ENGINE_DEAD,
+        ("terminated",),
+        rx(
+            r"(?:llama runner|llama-server) (?:process )?(?:has )?terminated"
+            r"(?:[:,]? (?:error=\\?\"?)?exit status (?P<exit_status>\w+))?"
+        ),
+        _DEAD,
+        OLLAMA,
+    ),
+    Rule(
+        c.ENGINE_DEAD,
+        ("segmentation fault", "core dumped", "ggml_assert"),
+        rx(r"Segmentation fault|core dumped|GGML_ASSERT\("),
+        _DEAD,
+    ),
+)
