@@ -3,6 +3,7 @@ the JSON-file fake behind $LLM_SUPERVISOR_FAKE_NVML, and the ``gpus`` command.""
 
 from __future__ import annotations
 
+import asyncio
 import ctypes.util
 import json
 import os
@@ -190,6 +191,15 @@ async def test_hung_nvml_call_times_out_without_piling_up_threads() -> None:
     assert await mon.drain(max_wait=5)
     backend.gate = None
     assert (await mon.snapshot()).available
+
+
+async def test_concurrent_callers_share_one_read() -> None:
+    backend = two_gpus()
+    backend.delay = 0.02
+    mon = monitor(backend)
+    first, second = await asyncio.gather(mon.snapshot(), mon.snapshot())
+    assert first is second and first.available
+    assert backend.calls.count("device_count") == 1
 
 
 async def test_slow_but_timely_calls_succeed() -> None:

@@ -176,6 +176,7 @@ class GpuMonitor:
         self.last: GpuSnapshot | None = None
         self._initialized = False
         self._inflight: asyncio.Future[GpuSnapshot] | None = None
+        self._started = 0.0  # loop time when the in-flight read began
 
     def _read(self, taken_at: float) -> GpuSnapshot:
         try:
@@ -190,18 +191,22 @@ class GpuMonitor:
             return GpuSnapshot.unavailable(taken_at, describe_error(exc))
 
     async def snapshot(self) -> GpuSnapshot:
-        taken_at = self.clock()
-        if self._inflight is not None and not self._inflight.done():
+        """A fresh reading. Concurrent callers share one NVML read instead of racing."""
+        loop = asyncio.get_running_loop()
+        if self._inflight is None or self._inflight.done():
+            self._inflight = asyncio.ensure_future(asyncio.to_thread(self._read, self.clock()))
+            self._started = loop.time()
+        remaining = self._started + self.timeout - loop.time()
+        if remaining <= 0:
             snap = GpuSnapshot.unavailable(
-                taken_at, f"an NVML call has been blocked for over {self.timeout:g}s"
+                self.clock(), f"an NVML call has been blocked for over {self.timeout:g}s"
             )
         else:
-            self._inflight = asyncio.ensure_future(asyncio.to_thread(self._read, taken_at))
             try:
-                snap = await asyncio.wait_for(asyncio.shield(self._inflight), self.timeout)
+                snap = await asyncio.wait_for(asyncio.shield(self._inflight), remaining)
             except TimeoutError:
                 snap = GpuSnapshot.unavailable(
-                    taken_at, f"NVML did not answer within {self.timeout:g}s"
+                    self.clock(), f"NVML did not answer within {self.timeout:g}s"
                 )
         self._note(snap)
         self.last = snap
