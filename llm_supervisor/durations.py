@@ -14,6 +14,7 @@ _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _WHOLE = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|h|m|s))+")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _FOREVER_WORDS = {"forever", "-1", "inf", "infinite"}
+_MAX_SECONDS = 100 * 365 * 86400.0  # a century; larger is a typo, and Go would overflow
 
 
 def parse_duration(value: object) -> float:
@@ -23,25 +24,38 @@ def parse_duration(value: object) -> float:
             f"expected a duration, got the YAML boolean {str(value).lower()} "
             "(on/off/yes/no are booleans in YAML 1.1); write 0, 30m or forever"
         )
+    if isinstance(value, int) and abs(value) > _MAX_SECONDS:
+        raise ValueError("duration is too large (over 100 years); write forever instead")
     if isinstance(value, int | float):
         return _from_number(float(value))
     if not isinstance(value, str):
-        raise ValueError(f"expected a duration such as 30s, 10m, 1h30m or forever, got {value!r}")
+        raise ValueError(
+            f"expected a duration such as 30s, 10m, 1h30m or forever, got {value!r:.60}"
+        )
     text = value.strip().lower()
     if text in _FOREVER_WORDS:
         return FOREVER
     if re.fullmatch(r"-?\d+(\.\d+)?", text):
         return _from_number(float(text))
     if not _WHOLE.fullmatch(text):
-        raise ValueError(f"expected a duration such as 30s, 10m, 1h30m or forever, got {value!r}")
-    return sum(float(n) * _UNIT_SECONDS[u] for n, u in _PART.findall(text))
+        raise ValueError(
+            f"expected a duration such as 30s, 10m, 1h30m or forever, got {value!r:.60}"
+        )
+    seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _PART.findall(text))
+    if seconds > _MAX_SECONDS:
+        raise ValueError("duration is too large (over 100 years); write forever instead")
+    return seconds
 
 
 def _from_number(seconds: float) -> float:
-    if seconds == -1 or math.isinf(seconds):
+    if seconds == -1 or (math.isinf(seconds) and seconds > 0):
         return FOREVER
-    if seconds < 0 or math.isnan(seconds):
-        raise ValueError(f"a duration cannot be negative, got {seconds:g}")
+    if math.isnan(seconds):
+        raise ValueError("expected a duration, got NaN")
+    if seconds < 0:
+        raise ValueError(f"a duration cannot be negative (except -1 for forever), got {seconds:g}")
+    if seconds > _MAX_SECONDS:
+        raise ValueError("duration is too large (over 100 years); write forever instead")
     return seconds
 
 

@@ -1,18 +1,55 @@
-"""``llm-supervisor schema``: JSON schema for editors (yaml-language-server)."""
+"""``llm-supervisor schema``: JSON schemas of profiles and policy for editors.
+
+Profiles point at them with ``# yaml-language-server: $schema=../schema/profile.schema.json``;
+``schema --write schema`` regenerates the committed copies (``make schema``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
 
 from ..config.models import Policy, ProfileFile
 
+SCHEMAS: dict[str, tuple[type[BaseModel], str]] = {
+    "profile": (ProfileFile, "llm-supervisor profile (one GPU or GPU set: gpu0.yaml ...)"),
+    "policy": (Policy, "llm-supervisor policy.yaml (keep_alive rules, pins, focus, pressure)"),
+}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("which", nargs="?", choices=["profile", "policy"], default="profile")
+    parser.add_argument(
+        "which", nargs="?", choices=sorted(SCHEMAS), default="profile",
+        help="which schema to print (default: profile)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--write", metavar="DIR", type=Path,
+        help="write profile.schema.json and policy.schema.json into DIR instead of printing",
+    )  # fmt: skip
+
+
+def schema_json(which: str) -> str:
+    """The schema as committed: stable key order, trailing newline."""
+    model, title = SCHEMAS[which]
+    schema: dict[str, Any] = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        **model.model_json_schema(),
+        "title": title,
+    }
+    return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
 
 
 def run(args: argparse.Namespace) -> int:
-    model = ProfileFile if args.which == "profile" else Policy
-    print(json.dumps(model.model_json_schema(), indent=2))
+    if args.write is None:
+        print(schema_json(args.which), end="")
+        return 0
+    args.write.mkdir(parents=True, exist_ok=True)
+    for which in sorted(SCHEMAS):
+        target = args.write / f"{which}.schema.json"
+        target.write_text(schema_json(which), encoding="utf-8")
+        print(target)
     return 0

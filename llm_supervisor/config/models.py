@@ -33,7 +33,7 @@ class HealthSpec(Strict):
         default=None,
         description="How long a start may take until ready (default: vllm 20m, else 2m).",
     )
-    interval: Duration = Field(default=10.0, description="Liveness probe period once ready.")
+    interval: Duration = Field(default=10.0, description="Probe period (startup and liveness).")
     timeout: Duration = Field(default=5.0, description="Timeout of one probe request.")
     failures: int = Field(default=3, ge=1, description="Consecutive failed probes before restart.")
     ready_path: str | None = Field(
@@ -47,14 +47,16 @@ class HealthSpec(Strict):
 class RestartSpec(Strict):
     max_failures: int = Field(default=5, ge=1, description="Failures within window → fatal.")
     window: Duration = Field(default=600.0, description="Window that counts failures.")
-    backoff_initial: Duration = 1.0
-    backoff_max: Duration = 60.0
+    backoff_initial: Duration = Field(default=1.0, description="First restart delay; doubles.")
+    backoff_max: Duration = Field(default=60.0, description="Cap of the restart delay.")
 
 
 class ServiceSpec(Strict):
     """One engine server. The launch fields decide whether a reload restarts it."""
 
-    engine: Literal["vllm", "ollama", "command"]
+    engine: Literal["vllm", "ollama", "command"] = Field(
+        description="vllm | ollama | command (any OpenAI-compatible server)."
+    )
     model: str | None = Field(default=None, description="vLLM: model path or HF id to serve.")
     served_name: str | None = Field(default=None, description="Name clients use; default: model.")
     models: tuple[str, ...] = Field(default=(), description="Ollama: models this server offers.")
@@ -69,9 +71,11 @@ class ServiceSpec(Strict):
     env: dict[str, EnvValue] = Field(
         default_factory=dict, description="Extra environment variables for the engine process."
     )
-    start: Literal["boot", "on-demand"] = "boot"
-    health: HealthSpec = HealthSpec()
-    restart: RestartSpec = RestartSpec()
+    start: Literal["boot", "on-demand"] = Field(
+        default="boot", description="boot: at daemon start; on-demand: on the first request."
+    )
+    health: HealthSpec = Field(default=HealthSpec(), description="Readiness and liveness probes.")
+    restart: RestartSpec = Field(default=RestartSpec(), description="Restart backoff and limits.")
     stop_timeout: Duration | None = Field(
         default=None,
         description="Grace after SIGTERM before SIGKILL (default: vllm 30s, else 10s).",
@@ -130,7 +134,9 @@ class ProfileFile(Strict):
     """One ``gpuN.yaml``: the services that share a GPU (or a tensor-parallel GPU set)."""
 
     gpu: GpuField = Field(description="Index, UUID 'GPU-…', a list (tensor parallel), or 'cpu'.")
-    services: dict[ServiceName, ServiceSpec] = Field(default_factory=dict)
+    services: dict[ServiceName, ServiceSpec] = Field(
+        default_factory=dict, description="Engine servers on this GPU, by unique service name."
+    )
 
     @property
     def gpus(self) -> tuple[int | str, ...]:
@@ -140,19 +146,33 @@ class ProfileFile(Strict):
 
 class KeepAliveRule(Strict):
     match: str = Field(description="Glob on the model name, e.g. 'gpt-oss:*'.")
-    keep_alive: Duration
+    keep_alive: Duration = Field(description="30m, 1h, forever, or 0 (unload after a request).")
 
 
 class KeepAlivePolicy(Strict):
     default: Duration = Field(default=1800.0, description="keep_alive for models no rule matches.")
-    mode: Literal["enforce", "floor", "observe"] = "enforce"
-    client_unload: Literal["deny", "allow"] = "deny"
-    rules: tuple[KeepAliveRule, ...] = ()
+    mode: Literal["enforce", "floor", "observe"] = Field(
+        default="enforce",
+        description="enforce: client value replaced; floor: raised to the rule; observe: log only",
+    )
+    client_unload: Literal["deny", "allow"] = Field(
+        default="deny", description="deny: a client's keep_alive 0 is rewritten (and logged)."
+    )
+    rules: tuple[KeepAliveRule, ...] = Field(
+        default=(), description="First match wins; glob on the model name."
+    )
 
 
 class PressureSpec(Strict):
-    warning: float = Field(default=0.85, gt=0, le=1)
-    critical: float = Field(default=0.95, gt=0, le=1)
+    warning: float = Field(
+        default=0.85, gt=0, le=1, description="Used fraction of GPU memory that logs a warning."
+    )
+    critical: float = Field(
+        default=0.95,
+        gt=0,
+        le=1,
+        description="Used fraction at which idle, non-pinned Ollama models unload.",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> PressureSpec:
@@ -163,13 +183,20 @@ class PressureSpec(Strict):
 
 
 class Policy(Strict):
-    keep_alive: KeepAlivePolicy = KeepAlivePolicy()
+    keep_alive: KeepAlivePolicy = Field(
+        default=KeepAlivePolicy(), description="The one keep_alive policy for every client."
+    )
     pin: tuple[str, ...] = Field(default=(), description="Models loaded at start and kept.")
     focus: tuple[str, ...] = Field(
         default=(), description="When non-empty, requests for other models are refused."
     )
-    ollama_options: dict[str, ArgValue] = Field(default_factory=dict)
-    pressure: PressureSpec = PressureSpec()
+    ollama_options: dict[str, ArgValue] = Field(
+        default_factory=dict,
+        description="Options forced on Ollama requests and pins (num_ctx...); keep them stable.",
+    )
+    pressure: PressureSpec = Field(
+        default=PressureSpec(), description="GPU memory pressure thresholds (fractions)."
+    )
     evict_idle: bool = Field(
         default=True,
         description="Admission may stop idle, non-pinned services on a full GPU to start another.",
