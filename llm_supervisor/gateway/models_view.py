@@ -1,0 +1,147 @@
+"""What the gateway knows about usage and loaded models, for the loops and for status."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from ..config.models import Config
+from ..durations import format_duration
+from .backend import GatewayBackend
+from .idle import idle_deadline, service_keep_alive
+from .keepalive import canonical_model, rule_for
+from .stats import GatewayStats
+
+Clock = Callable[[], float]
+
+
+def iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def parse_expires_at(value: object) -> float | None:
+    """Epoch seconds from Ollama's RFC 3339 ``expires_at`` (Go may print nanoseconds)."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return None
+
+
+class PolicyState:
+    """Usage the gateway saw: last request per service and per Ollama model, in-flight counts,
+    and the last ``/api/ps`` of each Ollama service. Only the gateway's tasks mutate it."""
+
+    def __init__(self, backend: GatewayBackend, stats: GatewayStats, clock: Clock = time.time):
+        self.backend = backend
+        self.stats = stats
+        self.clock = clock
+        self.last_request: dict[str, float] = {}  # service → last activity (start or end)
+        self.model_last_request: dict[str, float] = {}  # canonical Ollama model → same
+        self.in_flight: Counter[str] = Counter()
+        self.models_in_flight: Counter[str] = Counter()
+        self.idle_stopped: set[str] = set()  # stopped for idleness (or never started)
+        self.ps: dict[str, list[Mapping[str, Any]] | None] = {}  # None: service unreachable
+
+    def request_started(self, service: str, model: str | None = None) -> None:
+        self._touch(service, model)
+        self.in_flight[service] += 1
+        self.idle_stopped.discard(service)
+        if model:
+            self.models_in_flight[canonical_model(model)] += 1
+
+    def request_ended(self, service: str, model: str | None = None) -> None:
+        self._touch(service, model)
+        self.in_flight[service] -= 1
+        if model:
+            self.models_in_flight[canonical_model(model)] -= 1
+
+    def note_model(self, model: str) -> None:
+        self.model_last_request[canonical_model(model)] = self.clock()
+
+    def _touch(self, service: str, model: str | None) -> None:
+        now = self.clock()
+        self.last_request[service] = now
+        if model:
+            self.model_last_request[canonical_model(model)] = now
+
+    def busy_services(self) -> frozenset[str]:
+        return frozenset(s for s, n in self.in_flight.items() if n > 0)
+
+    def busy_models(self) -> frozenset[str]:
+        return frozenset(m for m, n in self.models_in_flight.items() if n > 0)
+
+    def policy_status(self) -> dict[str, Any]:
+        """Per Ollama model: loaded, expires_at, size_vram, rule; per vLLM: last use, deadline."""
+        config = self.backend.config()
+        ka = config.policy.keep_alive
+        return {
+            "keep_alive": {
+                "default": format_duration(ka.default),
+                "mode": ka.mode,
+                "client_unload": ka.client_unload,
+                "rules": [
+                    {"match": r.match, "keep_alive": format_duration(r.keep_alive)}
+                    for r in ka.rules
+                ],
+            },
+            "pin": list(config.policy.pin),
+            "focus": list(config.policy.focus),
+            "ollama_options": dict(config.policy.ollama_options),
+            "ollama": self._ollama_rows(config),
+            "vllm": self._vllm_rows(config),
+            "stats": self.stats.snapshot(),
+        }
+
+    def _ollama_rows(self, config: Config) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        for name, svc in config.services.items():
+            if svc.spec.engine != "ollama":
+                continue
+            loaded = {canonical_model(str(m.get("name", ""))): m for m in self.ps.get(name) or ()}
+            names = dict.fromkeys([*map(canonical_model, svc.spec.models), *loaded])
+            for model in names:
+                rows.append(self._ollama_row(name, model, loaded.get(model), config))
+        return rows
+
+    def _ollama_row(
+        self, service: str, model: str, ps: Mapping[str, Any] | None, config: Config
+    ) -> dict[str, Any]:
+        rule, seconds = rule_for(model, config.policy)
+        return {
+            "service": service,
+            "model": model,
+            "reachable": self.ps.get(service) is not None,
+            "loaded": ps is not None,
+            "expires_at": ps.get("expires_at") if ps else None,
+            "size_vram": ps.get("size_vram") if ps else None,
+            "keep_alive": format_duration(seconds),
+            "rule": rule,
+            "last_request": iso(self.model_last_request.get(model)),
+        }
+
+    def _vllm_rows(self, config: Config) -> list[dict[str, Any]]:
+        rows = []
+        for name, svc in config.services.items():
+            if svc.spec.engine != "vllm":
+                continue
+            rule, seconds = service_keep_alive(svc.spec, config.policy)
+            last = self.last_request.get(name)
+            rows.append({
+                "service": name,
+                "model": svc.spec.public_name,
+                "keep_alive": format_duration(seconds),
+                "rule": rule,
+                "last_request": iso(last),
+                "in_flight": self.in_flight.get(name, 0),
+                "idle_deadline": iso(idle_deadline(last, seconds)),
+                "stopped_idle": name in self.idle_stopped,
+            })  # fmt: skip
+        return rows
+
+    def record_ps(self, service: str, models: Sequence[Mapping[str, Any]] | None) -> None:
+        self.ps[service] = list(models) if models is not None else None

@@ -1,0 +1,144 @@
+"""Ollama's native /api/*: pass-through, with the policy applied on the inference routes."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from starlette.types import Receive, Scope, Send
+
+from ..config.models import Policy
+from ..logsetup import get_logger
+from .keepalive import Decision, KeepAliveParseError, focus_allows, resolve_keep_alive
+from .routing import ollama_for, ollama_services
+from .upstream import ollama_error, send_json
+
+if TYPE_CHECKING:
+    from .app import Gateway
+
+log = get_logger(__name__)
+
+POLICY_PATHS = frozenset({"/api/generate", "/api/chat", "/api/embed", "/api/embeddings"})
+MERGED_PATHS = frozenset({"/api/tags", "/api/ps"})
+
+
+class Refusal(Exception):
+    def __init__(self, status: int, payload: dict[str, Any]) -> None:
+        self.status = status
+        self.payload = payload
+
+
+async def handle(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
+    path, config = scope["path"], gw.backend.config()
+    if path.startswith("/api/blobs/"):  # model uploads: stream, never buffer gigabytes
+        up = ollama_for(config, None)
+        if up is None:
+            await send_json(send, 404, {"error": "no Ollama service is configured"})
+            return
+        await gw.route(up, scope, receive, send, gw.body_stream(receive), ollama_error)
+        return
+    if path in MERGED_PATHS and len(ollama_services(config)) > 1:
+        await _merged(gw, path, send)
+        return
+    body = await gw.read_body(receive)
+    payload = _json_object(body)
+    model = payload.get("model") or payload.get("name") if payload else None
+    model = model if isinstance(model, str) else None
+    if path in POLICY_PATHS and payload is not None and model:
+        try:
+            if _apply_policy(gw, scope, payload, model, config.policy):
+                body = json.dumps(payload).encode()
+        except Refusal as refusal:
+            await send_json(send, refusal.status, refusal.payload)
+            return
+    up = ollama_for(config, model)
+    if up is None:
+        await send_json(send, 404, {"error": "no Ollama service is configured"})
+        return
+    inference = path in POLICY_PATHS
+    await gw.route(up, scope, receive, send, body, ollama_error,
+                   model=model if inference else None, ensure=model is not None)  # fmt: skip
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(body) if body else None
+    except ValueError:
+        return None  # Ollama answers the malformed body itself
+    return value if isinstance(value, dict) else None
+
+
+def _apply_policy(
+    gw: Gateway, scope: Scope, payload: dict[str, Any], model: str, policy: Policy
+) -> bool:
+    """Focus, keep_alive and forced options; True if the payload changed."""
+    client = (scope.get("client") or ("?",))[0]
+    if not focus_allows(model, policy):
+        gw.stats.focus_refusals[model] += 1
+        log.info("focus.refused", client=client, model=model, focus=list(policy.focus))
+        raise Refusal(403, focus_error(model, policy))
+    try:
+        decision = resolve_keep_alive(model, payload.get("keep_alive"), policy)
+    except KeepAliveParseError as exc:  # refuse exactly as Ollama would (api/types.go)
+        gw.stats.bad_keep_alive += 1
+        raise Refusal(400, {"error": str(exc)}) from exc
+    changed = _record_keep_alive(gw, client, model, decision)
+    if changed:
+        payload["keep_alive"] = decision.applied
+    return _force_options(gw, payload, model, policy) or changed
+
+
+def focus_error(model: str, policy: Policy) -> dict[str, Any]:
+    allowed = ", ".join(policy.focus)
+    return {
+        "error": f"model {model!r} is not in this server's focus list ({allowed}); "
+        "the operator limited which models may be used right now",
+        "focus": list(policy.focus),
+    }
+
+
+def _record_keep_alive(gw: Gateway, client: str, model: str, decision: Decision) -> bool:
+    fields = {"client": client, "model": model, "asked": decision.asked_text,
+              "rule": decision.rule, "reason": decision.reason}  # fmt: skip
+    if decision.changed:
+        gw.stats.rewrites[(model, decision.rule, "keep_alive")] += 1
+        # A client that sent nothing is routine; one whose value was overridden is news.
+        emit = log.info if decision.asked is not None else log.debug
+        emit("keepalive.rewrite", applied=decision.applied_text, **fields)
+        return True
+    if "would apply" in decision.reason:
+        gw.stats.observed[(model, decision.rule)] += 1
+        log.info("keepalive.observe", applied=decision.applied_text, **fields)
+    return False
+
+
+def _force_options(gw: Gateway, payload: dict[str, Any], model: str, policy: Policy) -> bool:
+    """Load-time options (num_ctx …) must match the pins', or Ollama reloads the model."""
+    if not policy.ollama_options:
+        return False
+    current = payload.get("options")
+    current = current if isinstance(current, dict) else {}
+    merged = {**current, **policy.ollama_options}
+    if merged == current:
+        return False
+    payload["options"] = merged
+    gw.stats.rewrites[(model, "ollama_options", "options")] += 1
+    log.debug("options.rewrite", model=model, forced=dict(policy.ollama_options))
+    return True
+
+
+async def _merged(gw: Gateway, path: str, send: Send) -> None:
+    """/api/tags and /api/ps across several Ollama services (unreachable ones are skipped)."""
+    models: list[Any] = []
+    reached = 0
+    for up in ollama_services(gw.backend.config()):
+        try:
+            models += (await gw.client.get_json(up, path)).get("models") or []
+            reached += 1
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            continue
+    if not reached:
+        await send_json(send, 502, {"error": "no Ollama service is reachable"})
+        return
+    await send_json(send, 200, {"models": models})
