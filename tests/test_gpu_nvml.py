@@ -193,6 +193,21 @@ async def test_hung_nvml_call_times_out_without_piling_up_threads() -> None:
     assert (await mon.snapshot()).available
 
 
+def test_a_wedged_driver_does_not_hang_process_exit() -> None:
+    script = (
+        "import asyncio\n"
+        "from llm_supervisor.gpu.fake import FakeNvmlBackend\n"
+        "from llm_supervisor.gpu.nvml import GpuMonitor\n"
+        "backend = FakeNvmlBackend(); backend.block()  # never released: waits 30 s\n"
+        "print(asyncio.run(GpuMonitor(backend, timeout=0.05).snapshot()).reason)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=20
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "NVML did not answer within 0.05s"
+
+
 async def test_concurrent_callers_share_one_read() -> None:
     backend = two_gpus()
     backend.delay = 0.02

@@ -9,6 +9,8 @@ Nothing here raises into the daemon because of the GPU.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
@@ -194,7 +196,7 @@ class GpuMonitor:
         """A fresh reading. Concurrent callers share one NVML read instead of racing."""
         loop = asyncio.get_running_loop()
         if self._inflight is None or self._inflight.done():
-            self._inflight = asyncio.ensure_future(asyncio.to_thread(self._read, self.clock()))
+            self._inflight = self._start_read(loop, self.clock())
             self._started = loop.time()
         remaining = self._started + self.timeout - loop.time()
         if remaining <= 0:
@@ -211,6 +213,26 @@ class GpuMonitor:
         self._note(snap)
         self.last = snap
         return snap
+
+    def _start_read(
+        self, loop: asyncio.AbstractEventLoop, taken_at: float
+    ) -> asyncio.Future[GpuSnapshot]:
+        """Run ``_read`` in a daemon thread, not the loop's executor: asyncio.run() joins
+        executor threads at exit, so one call wedged in the driver would hang shutdown."""
+        future: asyncio.Future[GpuSnapshot] = loop.create_future()
+
+        def deliver(snap: GpuSnapshot) -> None:
+            if not future.done():
+                future.set_result(snap)
+
+        def work() -> None:
+            snap = self._read(taken_at)
+            # RuntimeError: the loop closed while NVML was stuck; nobody waits any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(deliver, snap)
+
+        threading.Thread(target=work, name="nvml-read", daemon=True).start()
+        return future
 
     def _note(self, snap: GpuSnapshot) -> None:
         """Log availability changes and device errors once, not at every poll."""
