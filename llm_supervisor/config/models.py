@@ -10,18 +10,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .fieldtypes import (
-    ArgValue,
-    ByteSize,
-    Duration,
-    EnvValue,
-    GpuField,
-    LocatedValueError,
-    ServiceName,
-    parse_size,
-)
-
-__all__ = ["LocatedValueError", "parse_size"]  # re-exported for callers of the old layout
+# Field types live in fieldtypes.py; re-exported here, where callers have always found them.
+from .fieldtypes import ArgValue as ArgValue
+from .fieldtypes import ByteSize as ByteSize
+from .fieldtypes import Duration as Duration
+from .fieldtypes import EnvValue as EnvValue
+from .fieldtypes import GpuField as GpuField
+from .fieldtypes import LocatedValueError as LocatedValueError
+from .fieldtypes import ServiceName as ServiceName
+from .fieldtypes import parse_size as parse_size
 
 
 class Strict(BaseModel):
