@@ -66,3 +66,15 @@ class PortInUseError(StartFailedError):
 
 class DaemonUnreachableError(SupervisorError):
     """The CLI cannot reach the daemon's control API."""
+
+
+class ControlError(SupervisorError):
+    """The control API refused a request, or cannot be served as configured."""
+
+
+class ControlAddressError(ControlError):
+    """A malformed control address, or TCP on a non-loopback host without a token."""
+
+
+class ControlAuthError(ControlError):
+    """The control API wants a bearer token that was not sent or does not match."""

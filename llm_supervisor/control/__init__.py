@@ -1,0 +1,1 @@
+"""Control API (Unix socket / loopback TCP), its client, rendering for the CLI, and metrics."""

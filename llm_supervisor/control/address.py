@@ -1,0 +1,64 @@
+"""Where the control API lives: address parsing, the default socket path, the token file.
+
+Kept free of server imports so the CLI starts fast.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+
+from ..errors import ControlAddressError, ControlError
+
+
+def default_control_address(arg: str | None = None) -> str:
+    """``--control``, else $LLM_SUPERVISOR_CONTROL, else the default socket (DESIGN.md)."""
+    if arg:
+        return arg
+    env = os.environ
+    if env.get("LLM_SUPERVISOR_CONTROL"):
+        return env["LLM_SUPERVISOR_CONTROL"]
+    if env.get("RUNTIME_DIRECTORY"):  # systemd RuntimeDirectory=, may list several
+        return f"unix:{env['RUNTIME_DIRECTORY'].split(':')[0]}/control.sock"
+    if os.geteuid() == 0:
+        return "unix:/run/llm-supervisor/control.sock"
+    if env.get("XDG_RUNTIME_DIR"):
+        return f"unix:{env['XDG_RUNTIME_DIR']}/llm-supervisor/control.sock"
+    return f"unix:/tmp/llm-supervisor-{os.getuid()}/control.sock"
+
+
+def parse_address(address: str) -> tuple[str, str | int]:
+    """``unix:/path`` -> ("unix", path); ``HOST:PORT`` / ``[::1]:PORT`` -> (host, port)."""
+    if address.startswith("unix:"):
+        path = address[len("unix:") :]
+        if not path:
+            raise ControlAddressError("control address unix: needs a path")
+        return "unix", path
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ControlAddressError(
+            f"control address {address!r}: expected unix:/path/to.sock or HOST:PORT"
+        )
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_token(token_file: Path | None) -> str | None:
+    if token_file is None:
+        return None
+    try:
+        token = token_file.read_text().strip()
+    except OSError as exc:
+        raise ControlError(f"cannot read token file {token_file}: {exc.strerror}") from None
+    if not token:
+        raise ControlError(f"token file {token_file} is empty")
+    return token

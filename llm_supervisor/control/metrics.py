@@ -1,0 +1,200 @@
+"""Prometheus metrics, read from ``backend.status()`` at scrape time on a private registry.
+
+Families (``service`` = service name, ``gpu`` = GPU index; no PIDs or request ids as labels):
+
+- ``llm_supervisor_build_info{version}`` 1, to join the version onto other series.
+- ``llm_supervisor_daemon_start_time_seconds`` Unix time the daemon started.
+- ``llm_supervisor_service_up{service,engine}`` 1 when the service is ready (answers), else 0.
+- ``llm_supervisor_service_state{service,state}`` 1 for the current state, 0 for the others.
+- ``llm_supervisor_service_restarts_total{service,reason}`` restarts by reason (crash, health,
+  reload …; ``unspecified`` when the daemon reports only a total).
+- ``llm_supervisor_service_last_exit_code{service}`` exit code of the last exit, 128+N when
+  killed by signal N; absent until the service has exited once.
+- ``llm_supervisor_service_last_exit_timestamp_seconds{service}`` when it last exited.
+- ``llm_supervisor_health_check_seconds{service}`` latency of the last health probe.
+- ``llm_supervisor_health_check_failures{service}`` consecutive failed probes right now.
+- ``llm_supervisor_gpu_telemetry_available`` 1 when NVML answers, else 0.
+- ``llm_supervisor_gpu_info{gpu,uuid,name}`` 1 per GPU, to map indexes to devices.
+- ``llm_supervisor_gpu_memory_total_bytes{gpu}`` / ``llm_supervisor_gpu_memory_used_bytes{gpu}``.
+- ``llm_supervisor_gpu_service_memory_bytes{gpu,service}`` GPU memory held by a service's
+  processes (the whole process tree).
+- ``llm_supervisor_config_reloads_total{result}`` reloads by result (applied, rejected,
+  unchanged, queued).
+- ``llm_supervisor_config_last_reload_success_timestamp_seconds`` last applied/unchanged reload.
+- ``llm_supervisor_keepalive_rewrites_total{model,rule}`` client keep_alive values the policy
+  replaced, by model and the rule that applied.
+- ``llm_supervisor_ollama_models_loaded{service}`` models an Ollama service holds in memory.
+
+Alert examples: ``llm_supervisor_service_up == 0``, ``increase(
+llm_supervisor_service_restarts_total[15m]) > 3``, ``llm_supervisor_service_state{state="fatal"}
+== 1``, ``increase(llm_supervisor_config_reloads_total{result="rejected"}[1h]) > 0``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .. import __version__
+from .backend import SERVICE_STATES, ControlBackend
+
+PREFIX = "llm_supervisor_"
+_SUCCESS = ("applied", "unchanged")
+
+Metric = GaugeMetricFamily | CounterMetricFamily
+
+
+def _gauge(name: str, doc: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:
+    return GaugeMetricFamily(PREFIX + name, doc, labels=list(labels))
+
+
+def _counter(name: str, doc: str, labels: Iterable[str] = ()) -> CounterMetricFamily:
+    # the client adds the _total suffix on exposition
+    return CounterMetricFamily(PREFIX + name, doc, labels=list(labels))
+
+
+def exit_code_value(last_exit: dict[str, Any]) -> float | None:
+    """Shell convention: the exit code, or 128+N for a death by signal N."""
+    if last_exit.get("signal") is not None:
+        return 128.0 + float(last_exit["signal"])
+    code = last_exit.get("code")
+    return None if code is None else float(code)
+
+
+def service_metrics(services: dict[str, Any]) -> list[Metric]:
+    up = _gauge(
+        "service_up", "1 when the service is ready (answers requests).", ["service", "engine"]
+    )
+    state = _gauge("service_state", "1 for the service's current state.", ["service", "state"])
+    restarts = _counter("service_restarts", "Restarts by reason.", ["service", "reason"])
+    code = _gauge("service_last_exit_code", "Last exit code (128+N: signal N).", ["service"])
+    exit_at = _gauge("service_last_exit_timestamp_seconds", "Time of the last exit.", ["service"])
+    latency = _gauge("health_check_seconds", "Latency of the last health probe.", ["service"])
+    failures = _gauge("health_check_failures", "Consecutive failed health probes.", ["service"])
+    for name, svc in sorted(services.items()):
+        current = svc.get("state")
+        up.add_metric([name, str(svc.get("engine", ""))], 1.0 if current == "ready" else 0.0)
+        for each in SERVICE_STATES:
+            state.add_metric([name, each], 1.0 if each == current else 0.0)
+        by_reason = svc.get("restarts_by_reason") or {"unspecified": svc.get("restarts", 0)}
+        for reason, count in sorted(by_reason.items()):
+            restarts.add_metric([name, str(reason)], float(count or 0))
+        last_exit = svc.get("last_exit") or {}
+        value = exit_code_value(last_exit)
+        if value is not None:
+            code.add_metric([name], value)
+        if last_exit.get("at") is not None:
+            exit_at.add_metric([name], float(last_exit["at"]))
+        health = svc.get("health") or {}
+        if health.get("last_latency") is not None:
+            latency.add_metric([name], float(health["last_latency"]))
+        failures.add_metric([name], float(health.get("failures") or 0))
+    return [up, state, restarts, code, exit_at, latency, failures]
+
+
+def gpu_metrics(gpus: dict[str, Any]) -> list[Metric]:
+    available = _gauge("gpu_telemetry_available", "1 when NVML answers.")
+    available.add_metric([], 1.0 if gpus.get("available") else 0.0)
+    info = _gauge("gpu_info", "1 per GPU: index, UUID and model name.", ["gpu", "uuid", "name"])
+    total = _gauge("gpu_memory_total_bytes", "GPU memory size.", ["gpu"])
+    used = _gauge("gpu_memory_used_bytes", "GPU memory in use (all processes).", ["gpu"])
+    per_service = _gauge(
+        "gpu_service_memory_bytes", "GPU memory held by a service's processes.", ["gpu", "service"]
+    )
+    for gpu in gpus.get("gpus") or []:
+        index = str(gpu.get("index"))
+        info.add_metric([index, str(gpu.get("uuid", "")), str(gpu.get("name", ""))], 1.0)
+        memory = gpu.get("memory") or {}
+        total.add_metric([index], float(memory.get("total") or 0))
+        used.add_metric([index], float(memory.get("used") or 0))
+        for service, held in sorted((gpu.get("services") or {}).items()):
+            per_service.add_metric([index, service], float(held or 0))
+    return [available, info, total, used, per_service]
+
+
+def reload_metrics(reload: dict[str, Any]) -> list[Metric]:
+    reloads = _counter("config_reloads", "Config reloads by result.", ["result"])
+    counts = dict(reload.get("counts") or {})
+    if not counts and reload.get("result"):
+        counts = {reload["result"]: 1}  # a backend without counters: at least the last one
+    for result, count in sorted(counts.items()):
+        reloads.add_metric([str(result)], float(count or 0))
+    success = _gauge(
+        "config_last_reload_success_timestamp_seconds", "Time of the last successful reload."
+    )
+    when = reload.get("last_success_at")
+    if when is None and reload.get("result") in _SUCCESS:
+        when = reload.get("at")
+    if when is not None:
+        success.add_metric([], float(when))
+    return [reloads, success]
+
+
+def rewrite_entries(rewrites: Any) -> Iterator[tuple[str, str, float]]:
+    """``policy.rewrites`` as (model, rule, count): the documented list of objects, or a
+    ``{model: {rule: count}}`` mapping."""
+    if isinstance(rewrites, dict):
+        for model, rules in rewrites.items():
+            for rule, count in (rules or {}).items():
+                yield str(model), str(rule), float(count or 0)
+        return
+    for item in rewrites or []:
+        yield str(item.get("model", "")), str(item.get("rule") or ""), float(item.get("count") or 0)
+
+
+def model_metrics(status: dict[str, Any]) -> list[Metric]:
+    rewrites = _counter(
+        "keepalive_rewrites", "Client keep_alive values replaced by the policy.", ["model", "rule"]
+    )
+    for model, rule, count in rewrite_entries((status.get("policy") or {}).get("rewrites")):
+        rewrites.add_metric([model, rule], count)
+    loaded = _gauge(
+        "ollama_models_loaded", "Models an Ollama service holds in memory.", ["service"]
+    )
+    per_service: dict[str, int] = {
+        name: 0
+        for name, svc in (status.get("services") or {}).items()
+        if svc.get("engine") == "ollama"
+    }
+    for model in status.get("models") or []:
+        if model.get("loaded"):
+            service = str(model.get("service", ""))
+            per_service[service] = per_service.get(service, 0) + 1
+    for service, count in sorted(per_service.items()):
+        loaded.add_metric([service], float(count))
+    return [rewrites, loaded]
+
+
+def daemon_metrics(status: dict[str, Any]) -> list[Metric]:
+    build = _gauge("build_info", "Always 1; the version as a label.", ["version"])
+    build.add_metric([str(status.get("version") or __version__)], 1.0)
+    started = _gauge("daemon_start_time_seconds", "Time the daemon started.")
+    started_at = (status.get("daemon") or {}).get("started_at")
+    if started_at is not None:
+        started.add_metric([], float(started_at))
+    return [build, started]
+
+
+class StatusCollector(Collector):
+    """Reads the status document once per scrape and turns it into metric families."""
+
+    def __init__(self, backend: ControlBackend) -> None:
+        self._backend = backend
+
+    def collect(self) -> Iterator[Metric]:
+        status = self._backend.status()
+        yield from daemon_metrics(status)
+        yield from service_metrics(status.get("services") or {})
+        yield from gpu_metrics(status.get("gpus") or {})
+        yield from reload_metrics(status.get("reload") or {})
+        yield from model_metrics(status)
+
+
+def build_registry(backend: ControlBackend) -> CollectorRegistry:
+    """A private registry (never the global one: tests and embedders stay independent)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatusCollector(backend))
+    return registry
