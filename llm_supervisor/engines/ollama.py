@@ -1,0 +1,33 @@
+"""Ollama's server (``ollama serve``)."""
+
+from __future__ import annotations
+
+import httpx
+
+from ..config.models import Policy, ServiceConfig
+from ..durations import to_ollama_keep_alive
+from .base import base_url, flags, http_ok
+
+
+class OllamaEngine:
+    kind = "ollama"
+    stop_timeout = 10.0
+    startup_timeout = 120.0
+
+    def argv(self, svc: ServiceConfig) -> list[str]:
+        return [*(svc.spec.command or ("ollama", "serve")), *flags(svc.spec.args)]
+
+    def env(self, svc: ServiceConfig, policy: Policy) -> dict[str, str]:
+        # The gateway enforces keep_alive per request; this default covers requests that
+        # reach Ollama without it (local scripts bypassing the gateway).
+        keep_alive = to_ollama_keep_alive(policy.keep_alive.default)
+        return {
+            "OLLAMA_HOST": f"127.0.0.1:{svc.spec.port}",
+            "OLLAMA_KEEP_ALIVE": f"{keep_alive}s" if isinstance(keep_alive, int) else keep_alive,
+        }
+
+    async def ready(self, client: httpx.AsyncClient, svc: ServiceConfig, timeout: float) -> bool:
+        return await http_ok(client, f"{base_url(svc)}/api/version", timeout) is not None
+
+    async def live(self, client: httpx.AsyncClient, svc: ServiceConfig, timeout: float) -> bool:
+        return await self.ready(client, svc, timeout)

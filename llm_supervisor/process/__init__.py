@@ -1,0 +1,1 @@
+"""Engine processes: spawning, output, the stop ladder, and the registry of live groups."""

@@ -1,0 +1,129 @@
+"""Child output: read in chunks, split on \\n and \\r, kept in a ring and a rotating file.
+
+Chunked reads (not readline) because tqdm progress bars write ``\\r`` without newlines and
+engines can print single lines far beyond asyncio's 64 KiB readline limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..logsetup import get_logger
+
+log = get_logger(__name__)
+
+CHUNK = 64 * 1024
+_LINE_END = re.compile(rb"[\r\n]")
+MAX_LINE = 16 * 1024  # longer lines are cut in the ring (the file keeps them whole)
+
+
+@dataclass(frozen=True)
+class LogLine:
+    ts: float
+    stream: str
+    text: str
+
+
+class RotatingFile:
+    """Append-only file with size rotation (name.log → name.log.1 … .N)."""
+
+    def __init__(self, path: Path, max_bytes: int = 20 * 2**20, backups: int = 3) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._failed = False
+        self._size = path.stat().st_size if path.exists() else 0
+
+    def write(self, data: bytes) -> None:
+        try:
+            if self._size + len(data) > self.max_bytes and self._size > 0:
+                self._rotate()
+            with self.path.open("ab") as fh:
+                fh.write(data)
+            self._size += len(data)
+            self._failed = False
+        except OSError as exc:
+            # A full disk must not stop the pump (the engine would block on a full pipe).
+            if not self._failed:
+                log.error("log.write_failed", path=str(self.path), error=str(exc))
+            self._failed = True
+
+    def _rotate(self) -> None:
+        for i in range(self.backups, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{i}")
+            newer = self.path.with_name(f"{self.path.name}.{i - 1}") if i > 1 else self.path
+            if newer.exists():
+                newer.replace(older)
+        self._size = 0
+
+
+class OutputRing:
+    """The last lines of a service's output, shared by every run of the service."""
+
+    def __init__(self, maxlen: int = 2000) -> None:
+        self._lines: deque[LogLine] = deque(maxlen=maxlen)
+        self._subscribers: set[asyncio.Queue[LogLine]] = set()
+
+    def append(self, line: LogLine) -> None:
+        self._lines.append(line)
+        for queue in self._subscribers:
+            if queue.qsize() < 10_000:  # a stalled follower loses lines, never memory
+                queue.put_nowait(line)
+
+    def tail(self, lines: int | None = None, since: float | None = None) -> list[LogLine]:
+        selected = [ln for ln in self._lines if since is None or ln.ts >= since]
+        return selected[-lines:] if lines else selected
+
+    def text(self, max_chars: int = 64 * 1024) -> str:
+        """Recent output as one string, for crash diagnosis."""
+        return "\n".join(ln.text for ln in self._lines)[-max_chars:]
+
+    def mark(self) -> int:
+        """A position: lines appended after it belong to a newer run."""
+        return len(self._lines)
+
+    async def follow(self) -> AsyncIterator[LogLine]:
+        queue: asyncio.Queue[LogLine] = asyncio.Queue()
+        self._subscribers.add(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._subscribers.discard(queue)
+
+
+async def pump(
+    stream: asyncio.StreamReader, ring: OutputRing, sink: RotatingFile | None, name: str = "out"
+) -> None:
+    """Copy a child's output into the ring and the file until EOF."""
+    pending = b""
+    while chunk := await stream.read(CHUNK):
+        if sink is not None:
+            sink.write(chunk)
+        pending += chunk
+        pending = _emit_lines(pending, ring, name)
+    if pending:
+        ring.append(LogLine(time.time(), name, _decode(pending)))
+
+
+def _emit_lines(buffer: bytes, ring: OutputRing, name: str) -> bytes:
+    """Append every complete line in ``buffer`` and return the unfinished rest."""
+    *complete, rest = _LINE_END.split(buffer)
+    now = time.time()
+    for part in complete:
+        if part:  # "\r\n" and repeated "\r" leave empty pieces
+            ring.append(LogLine(now, name, _decode(part)))
+    if len(rest) > MAX_LINE:  # a giant line: keep its head, drop the rest of this chunk
+        ring.append(LogLine(now, name, _decode(rest) + " …[cut]"))
+        return b""
+    return rest
+
+
+def _decode(data: bytes) -> str:
+    return data[:MAX_LINE].decode("utf-8", errors="replace")

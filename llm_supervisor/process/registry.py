@@ -1,0 +1,89 @@
+"""The state-dir record of live process groups, and the orphan sweep at daemon start.
+
+If the daemon dies without stopping its engines (SIGKILL, OOM killer), the next daemon must
+kill what the previous one left before it starts anything: otherwise two copies of a model
+fight for the same GPU memory and port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from pathlib import Path
+
+from ..logsetup import get_logger
+from .tree import MARKER_ENV, ProcRef, find_marked, kill_refs, killpg
+
+log = get_logger(__name__)
+
+
+class GroupRegistry:
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir.resolve()
+        self.dir = self.state_dir / "groups"
+        self._warned = False
+
+    def marker(self, service: str) -> str:
+        """The value of MARKER_ENV given to a service's processes."""
+        return f"{self.state_dir}::{service}"
+
+    @property
+    def marker_prefix(self) -> str:
+        return f"{self.state_dir}::"
+
+    def record(self, service: str, pid: int, create_time: float) -> None:
+        payload = {"service": service, "pid": pid, "pgid": pid, "create_time": create_time}
+        self._write(self.dir / f"{service}.json", json.dumps(payload))
+
+    def forget(self, service: str) -> None:
+        try:
+            (self.dir / f"{service}.json").unlink(missing_ok=True)
+        except OSError as exc:
+            self._warn(exc)
+
+    def records(self) -> list[dict[str, object]]:
+        if not self.dir.is_dir():
+            return []
+        found = []
+        for path in sorted(self.dir.glob("*.json")):
+            try:
+                found.append(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                continue
+        return found
+
+    def _write(self, path: Path, text: str) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(text)
+            tmp.replace(path)
+        except OSError as exc:
+            self._warn(exc)
+
+    def _warn(self, exc: OSError) -> None:
+        # A read-only or full state dir must not stop supervision; it only weakens the
+        # orphan sweep after a daemon crash (the environment marker still works).
+        if not self._warned:
+            log.error("state.write_failed", dir=str(self.dir), error=str(exc))
+        self._warned = True
+
+    async def kill_orphans(self, timeout: float = 10.0) -> list[int]:
+        """Kill every process a previous daemon on this state dir left behind."""
+        victims: set[ProcRef] = find_marked(self.marker_prefix, prefix=True)
+        for rec in self.records():
+            ref = ProcRef(int(str(rec["pid"])), float(str(rec["create_time"])))
+            if ref.alive() is not None:
+                killpg(int(str(rec["pgid"])), signal.SIGKILL)
+                victims.add(ref)
+        killed = kill_refs(victims, signal.SIGKILL)
+        for ref in killed:
+            log.warning("orphan.killed", pid=ref.pid, marker_env=MARKER_ENV)
+        deadline = time.monotonic() + timeout
+        while any(r.alive() for r in killed) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)  # not our children: nothing to wait on but polling
+        for rec in self.records():
+            self.forget(str(rec["service"]))
+        return sorted(r.pid for r in killed)

@@ -1,0 +1,1 @@
+"""A Service owns one engine process and its lifecycle state machine."""

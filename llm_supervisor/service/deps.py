@@ -1,0 +1,48 @@
+"""What a Service needs from the daemon, injected so tests can replace each piece."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+
+from ..config.models import Policy, ServiceConfig
+from ..process.registry import GroupRegistry
+
+if TYPE_CHECKING:
+    from .service import Service
+    from .states import State
+
+
+@contextlib.asynccontextmanager
+async def no_gate(_: Service) -> AsyncIterator[None]:
+    yield
+
+
+StateListener = Callable[["Service", "State", "State", str], None]
+
+
+@dataclass
+class ServiceDeps:
+    http: httpx.AsyncClient
+    registry: GroupRegistry
+    log_dir: Path | None
+    policy: Callable[[], Policy] = Policy
+    # Held from admission until ready or failure: one start per GPU at a time.
+    start_gate: Callable[[Service], AbstractAsyncContextManager[None]] = no_gate
+    # Awaited after a tree is gone, before the next start (GPU memory really released).
+    wait_released: Callable[[Service, list[int]], Awaitable[None]] | None = None
+    cuda_devices: Callable[[ServiceConfig], str | None] = lambda svc: None
+    clock: Callable[[], float] = time.monotonic
+    wall_clock: Callable[[], float] = time.time
+    rand: Callable[[], float] = random.random
+    listeners: list[StateListener] = field(default_factory=list)
+    parent_death_signal: bool = True
+    ready_poll_interval: float = 0.1

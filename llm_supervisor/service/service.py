@@ -1,0 +1,410 @@
+"""Service: one engine process, its state machine, health checks and restart policy.
+
+A single writer: only the Service changes its own state, always through ``_set_state``.
+Lifecycle requests (start, stop, restart) are serialized by one lock; callers ask for an
+outcome (``ensure_ready``) instead of reading the state to decide what to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config.models import ServiceConfig
+from ..engines import engine_for
+from ..engines.base import clean_environment
+from ..errors import PortInUseError, StartFailedError
+from ..logsetup import get_logger
+from ..process.child import ChildProcess, ExitStatus
+from ..process.output import OutputRing, RotatingFile
+from ..process.ports import port_owner
+from .backoff import decide_restart
+from .deps import ServiceDeps
+from .states import ALLOWED, InvalidTransition, State
+
+log = get_logger(__name__)
+JITTER = 0.2
+
+
+@dataclass
+class Failure:
+    reason: str  # crash | exited | health | startup_timeout | spawn
+    message: str
+    status: ExitStatus | None = None
+    cause: str = "unknown"
+    hint: str = ""
+    was_ready_for: float = 0.0
+    tail: list[str] = field(default_factory=list)
+
+
+class Service:
+    def __init__(self, config: ServiceConfig, deps: ServiceDeps) -> None:
+        self.config = config
+        self.deps = deps
+        self.engine = engine_for(config.spec.engine)
+        self.ring = OutputRing()
+        self.state = State.STOPPED
+        self.reason = ""
+        self.restarts: Counter[str] = Counter()
+        self.last_failure: Failure | None = None
+        self.last_exit_at: float | None = None
+        self.ready_since: float | None = None
+        self.last_request: float | None = None
+        self.health_latency: float | None = None
+        self.health_failures = 0
+        self.degraded: str | None = None
+        self._child: ChildProcess | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._failure_times: list[float] = []
+        self._lifecycle = asyncio.Lock()
+        self._changed = asyncio.Event()
+        self._sink = self._open_sink()
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def pid(self) -> int | None:
+        child = self._child
+        return child.pid if child is not None and child.returncode is None else None
+
+    def tree_pids(self) -> list[int]:
+        return self._child.tree_pids() if self._child is not None else []
+
+    # -- the one place state changes ---------------------------------------------------
+
+    def _set_state(self, new: State, reason: str = "") -> None:
+        old = self.state
+        if new not in ALLOWED[old]:
+            raise InvalidTransition(old, new)
+        self.state, self.reason = new, reason
+        self.ready_since = self.deps.clock() if new is State.READY else None
+        log.info("service.state", service=self.name, old=str(old), new=str(new), reason=reason)
+        self._changed.set()
+        self._changed = asyncio.Event()
+        for listener in self.deps.listeners:
+            listener(self, old, new, reason)
+
+    async def _wait_for(self, accept: Callable[[State], bool]) -> State:
+        while not accept(self.state):
+            await self._changed.wait()
+        return self.state
+
+    # -- lifecycle requests (serialized) -----------------------------------------------
+
+    async def ensure_ready(self, timeout: float | None = None) -> None:
+        """Start if needed and wait until ready; raise StartFailedError if it cannot be."""
+        async with self._lifecycle:
+            if self._runner is None or self._runner.done():
+                self._launch()
+        state = await asyncio.wait_for(
+            self._wait_for(lambda s: s in (State.READY, State.FATAL, State.STOPPED)), timeout
+        )
+        if state is not State.READY:
+            failure = self.last_failure
+            raise StartFailedError(
+                self.name,
+                self.reason or "stopped",
+                cause=failure.cause if failure else "unknown",
+                hint=failure.hint if failure else "",
+            )
+
+    async def start(self, wait: bool = True, timeout: float | None = None) -> None:
+        """Operator start: also clears fatal (the failure history starts over)."""
+        async with self._lifecycle:
+            if self._runner is None or self._runner.done():
+                self._failure_times.clear()
+                self.degraded = None
+                self._launch()
+        if wait:
+            await self.ensure_ready(timeout)
+
+    async def stop(self, reason: str = "requested") -> None:
+        async with self._lifecycle:
+            await self._stop_locked(reason)
+
+    async def restart(
+        self, reason: str = "requested", config: ServiceConfig | None = None, wait: bool = False
+    ) -> None:
+        """Stop (if running) and start again, optionally with a new spec."""
+        async with self._lifecycle:
+            await self._stop_locked(reason)
+            if config is not None:
+                self.config = config
+                self.engine = engine_for(config.spec.engine)
+            self._failure_times.clear()
+            self.restarts[reason] += 1
+            self._launch()
+        if wait:
+            await self.ensure_ready()
+
+    def update_live(self, config: ServiceConfig) -> None:
+        """Apply a change that needs no restart (health timings, restart policy)."""
+        self.config = config
+
+    def _launch(self) -> None:
+        # STARTING is set before the task runs, so a waiter never mistakes the old STOPPED
+        # for the outcome of this start.
+        self._set_state(State.STARTING, "start")
+        self._runner = asyncio.create_task(self._supervise(), name=f"service:{self.name}")
+
+    async def _stop_locked(self, reason: str) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None and not runner.done():
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+        child = self._child
+        if child is not None and (child.returncode is None or child.known):
+            if self.state in (State.STARTING, State.READY):
+                self._set_state(State.STOPPING, reason)
+            grace = self.config.spec.stop_timeout or self.engine.stop_timeout
+            status = await child.stop(grace)
+            await self._forget_child(child)
+            log.info("service.stopped", service=self.name, status=status.describe())
+        if self.state is not State.STOPPED:
+            self._set_state(State.STOPPED, reason)
+
+    # -- the runner: start, watch, restart ---------------------------------------------
+
+    async def _supervise(self) -> None:
+        while True:
+            failure = await self._run_once()
+            self.last_failure = failure
+            self.last_exit_at = self.deps.wall_clock()
+            now = self.deps.clock()
+            if failure.was_ready_for >= self.config.spec.health.stable_after:
+                self._failure_times.clear()  # it ran well: this failure starts a new count
+            policy = self.config.spec.restart
+            decision = decide_restart(
+                self._failure_times, now, max_failures=policy.max_failures, window=policy.window,
+                initial=policy.backoff_initial, cap=policy.backoff_max, jitter=JITTER,
+                rand=self.deps.rand(), immediate_first=failure.was_ready_for > 0,
+            )  # fmt: skip
+            self._failure_times.append(now)
+            summary = f"{failure.message}" + (f" [{failure.cause}]" if failure.cause else "")
+            if decision.fatal:
+                self._set_state(
+                    State.FATAL,
+                    f"{summary}; {decision.failures_in_window} failures within {policy.window:g}s",
+                )
+                return
+            self.restarts[failure.reason] += 1
+            self._set_state(State.BACKOFF, f"{summary}; restart in {decision.delay:.2f}s")
+            await asyncio.sleep(decision.delay)
+
+    async def _run_once(self) -> Failure:
+        if self.state is not State.STARTING:
+            self._set_state(State.STARTING, "restart")
+        try:
+            async with self.deps.start_gate(self):
+                child = await self._spawn()
+                failure = await self._await_ready(child)
+        except StartFailedError as exc:
+            return Failure("spawn", exc.reason, cause=exc.cause, hint=exc.hint)
+        if failure is None:
+            self._set_state(State.READY, "ready")
+            failure = await self._watch(child)
+        await self._cleanup_after_failure(child, failure)
+        return failure
+
+    async def _spawn(self) -> ChildProcess:
+        spec = self.config.spec
+        owner = port_owner(spec.port)
+        if owner is not None:
+            raise PortInUseError(
+                self.name, f"port {spec.port} is in use by {owner}", cause="port_in_use",
+                hint=f"stop {owner} or give this service another port",
+            )  # fmt: skip
+        env = self._environment()
+        self._mark = self.ring.mark()
+        child = await ChildProcess.spawn(
+            self.name, self.engine.argv(self.config), env,
+            marker=self.deps.registry.marker(self.name), ring=self.ring, sink=self._sink,
+            parent_death_signal=self.deps.parent_death_signal,
+        )  # fmt: skip
+        self._child = child
+        self.deps.registry.record(self.name, child.pid, _create_time(child.pid))
+        log.info(
+            "service.spawned", service=self.name, pid=child.pid, argv=self.engine.argv(self.config)
+        )
+        return child
+
+    def _environment(self) -> dict[str, str]:
+        env = clean_environment()
+        devices = self.deps.cuda_devices(self.config)
+        if devices is not None:
+            env["CUDA_VISIBLE_DEVICES"] = devices
+        env.update(self.engine.env(self.config, self.deps.policy()))
+        env.update(self.config.spec.env)
+        return env
+
+    async def _await_ready(self, child: ChildProcess) -> Failure | None:
+        """Poll readiness until it answers, racing the child's exit and the startup timeout."""
+        spec = self.config.spec
+        timeout = spec.health.startup_timeout or self.engine.startup_timeout
+        probe = asyncio.create_task(self._poll_ready(child))
+        exited = child.exited()
+        done, _ = await asyncio.wait(
+            {probe, exited}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        if probe in done:
+            return None
+        probe.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await probe
+        if exited in done:
+            status = await child.wait()
+            return Failure("crash", f"exited prematurely, {status.describe()}", status)
+        return Failure("startup_timeout", f"not ready after {timeout:g}s (startup_timeout)")
+
+    async def _poll_ready(self, child: ChildProcess) -> None:
+        spec = self.config.spec
+        last_snapshot = 0.0
+        while True:
+            if await self.engine.ready(self.deps.http, self.config, spec.health.timeout):
+                return
+            now = self.deps.clock()
+            if now - last_snapshot > 1.0:  # remember EngineCore/Worker as they appear
+                child.remember_tree()
+                last_snapshot = now
+            await asyncio.sleep(self.deps.ready_poll_interval)
+
+    async def _watch(self, child: ChildProcess) -> Failure:
+        """Liveness after ready: N consecutive failed probes, or the child's exit, end it."""
+        exited = child.exited()
+        self.health_failures = 0
+        child.remember_tree()
+        while True:
+            health = self.config.spec.health
+            done, _ = await asyncio.wait({exited}, timeout=health.interval)
+            ready_for = self._ready_for()
+            if done:
+                status = await child.wait()
+                reason = "exited" if status.code == 0 else "crash"
+                note = " (an exit nobody asked for)" if status.code == 0 else ""
+                return Failure(
+                    reason, f"{status.describe()}{note}", status, was_ready_for=ready_for
+                )
+            started = self.deps.clock()
+            ok = await self.engine.live(self.deps.http, self.config, health.timeout)
+            self.health_latency = self.deps.clock() - started
+            child.remember_tree()
+            self.health_failures = 0 if ok else self.health_failures + 1
+            if not ok:
+                log.warning(
+                    "service.health_failed", service=self.name, failures=self.health_failures
+                )
+            if self.health_failures >= health.failures and child.returncode is None:
+                message = f"{self.health_failures} consecutive health checks failed"
+                return Failure("health", message, was_ready_for=ready_for)
+
+    def _ready_for(self) -> float:
+        return self.deps.clock() - self.ready_since if self.ready_since is not None else 0.0
+
+    async def _cleanup_after_failure(self, child: ChildProcess, failure: Failure) -> None:
+        """Make sure nothing of the failed run is left, then explain what happened."""
+        if child.returncode is None:
+            # Hung or too slow: ask politely first, the ladder escalates.
+            grace = self.config.spec.stop_timeout or self.engine.stop_timeout
+            failure.status = await child.stop(grace)
+        else:
+            # The main process is gone; vLLM's EngineCore/Worker would stay and hold memory.
+            await child.kill_remaining()
+        failure.status = failure.status or await child.wait()
+        self._diagnose(failure)
+        await self._forget_child(child)
+
+    def _diagnose(self, failure: Failure) -> None:
+        lines = self.ring.tail()[self._mark_offset() :]
+        failure.tail = [ln.text for ln in lines[-20:]]
+        if failure.cause != "unknown":
+            return
+        try:
+            from ..diagnosis import diagnose_exit
+        except ImportError:
+            return
+        status = failure.status
+        text = "\n".join(ln.text for ln in lines)[-64 * 1024 :]
+        result = diagnose_exit(
+            text, self.config.spec.engine, status.code if status else None,
+            status.signal if status else None,
+        )  # fmt: skip
+        failure.cause, failure.hint = result.cause, result.hint
+
+    def _mark_offset(self) -> int:
+        # The ring is shared by every run; only the lines of the last run describe it.
+        total = len(self.ring.tail())
+        return max(0, total - (self.ring.mark() - getattr(self, "_mark", 0)))
+
+    async def _forget_child(self, child: ChildProcess) -> None:
+        gone = sorted(ref.pid for ref in child.known)
+        self.deps.registry.forget(self.name)
+        if self._child is child:
+            self._child = None
+        if self.deps.wait_released is not None:
+            await self.deps.wait_released(self, gone)
+
+    def _open_sink(self) -> RotatingFile | None:
+        if self.deps.log_dir is None:
+            return None
+        try:
+            self.deps.log_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.error("log.dir_unusable", dir=str(self.deps.log_dir), error=str(exc))
+            return None
+        return RotatingFile(self.deps.log_dir / f"{self.name}.log")
+
+    # -- what status shows -------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        spec = self.config.spec
+        failure = self.last_failure
+        last_exit = None
+        if failure is not None:
+            status = failure.status
+            last_exit = {
+                "code": status.code if status else None,
+                "signal": status.signal if status else None,
+                "reason": failure.reason,
+                "message": failure.message,
+                "cause": failure.cause,
+                "hint": failure.hint,
+                "at": self.last_exit_at,
+                "tail": failure.tail,
+            }
+        return {
+            "engine": spec.engine,
+            "gpu": list(self.config.gpus),
+            "state": str(self.state),
+            "reason": self.reason,
+            "pid": self.pid,
+            "pids": self.tree_pids(),
+            "port": spec.port,
+            "start": spec.start,
+            "model": spec.public_name,
+            "models": list(spec.models),
+            "restarts": sum(self.restarts.values()),
+            "restarts_by_reason": dict(self.restarts),
+            "uptime": self._ready_for() if self.state is State.READY else None,
+            "last_exit": last_exit,
+            "last_request": self.last_request,
+            "degraded": self.degraded,
+            "health": {"last_latency": self.health_latency, "failures": self.health_failures},
+            "source": self.config.source,
+        }
+
+
+def _create_time(pid: int) -> float:
+    import psutil
+
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return time.time()
