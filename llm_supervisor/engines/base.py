@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Protocol
 
 import httpx
 
 from ..config.models import ArgValue, Policy, ServiceConfig
-
-# The daemon's own systemd plumbing must never reach an engine: a child that sees
-# NOTIFY_SOCKET could send READY=1 for us; LISTEN_FDS would make it claim our sockets.
-# JOURNAL_STREAM is dropped because a child's stdout is our pipe, not the journal.
-_DROPPED_PREFIXES = ("NOTIFY_SOCKET", "WATCHDOG_", "LISTEN_", "JOURNAL_STREAM", "INVOCATION_ID")
-
-
-def clean_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
-    source = os.environ if base is None else base
-    return {k: v for k, v in source.items() if not k.startswith(_DROPPED_PREFIXES)}
 
 
 def flags(args: Mapping[str, ArgValue]) -> list[str]:

@@ -53,7 +53,7 @@ class _ExitProtocol(asyncio.subprocess.SubprocessStreamProtocol):
 
     def process_exited(self) -> None:
         # Read the code first: the parent class drops its transport once all pipes closed.
-        transport = self._transport  # type: ignore[has-type]
+        transport = self._transport  # type: ignore[attr-defined]
         code = transport.get_returncode() if transport is not None else None
         super().process_exited()
         if not self.exited.done():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -17,12 +18,12 @@ from typing import Any
 
 from ..config.models import ServiceConfig
 from ..engines import engine_for
-from ..engines.base import clean_environment
 from ..errors import PortInUseError, StartFailedError
 from ..logsetup import get_logger
 from ..process.child import ChildProcess, ExitStatus
 from ..process.output import OutputRing, RotatingFile
 from ..process.ports import port_owner
+from ..sdnotify import clean_child_env
 from .backoff import decide_restart
 from .deps import ServiceDeps
 from .states import ALLOWED, InvalidTransition, State
@@ -237,7 +238,7 @@ class Service:
         return child
 
     def _environment(self) -> dict[str, str]:
-        env = clean_environment()
+        env = clean_child_env(os.environ)
         devices = self.deps.cuda_devices(self.config)
         if devices is not None:
             env["CUDA_VISIBLE_DEVICES"] = devices
@@ -251,9 +252,8 @@ class Service:
         timeout = spec.health.startup_timeout or self.engine.startup_timeout
         probe = asyncio.create_task(self._poll_ready(child))
         exited = child.exited()
-        done, _ = await asyncio.wait(
-            {probe, exited}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-        )
+        racers: set[asyncio.Future[Any]] = {probe, exited}
+        done, _ = await asyncio.wait(racers, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         if probe in done:
             return None
         probe.cancel()
