@@ -138,9 +138,15 @@ class Gateway:
     ) -> None:
         """Serve until cancelled; then finish gracefully (open streams get 5 s)."""
         config = uvicorn.Config(
-            self, host=host, port=port, lifespan="off", log_config=None, access_log=False,
-            timeout_graceful_shutdown=5, server_header=False,
-        )  # fmt: skip
+            self,
+            host=host,
+            port=port,
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=5,
+            server_header=False,
+        )
         server = _Server(config, self, ready_event)
         loop_task = asyncio.create_task(self.run_loops()) if loops else None
         serving = asyncio.create_task(server.serve())

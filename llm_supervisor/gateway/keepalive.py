@@ -21,8 +21,16 @@ from typing import cast
 from ..config.models import Policy
 from ..durations import FOREVER, format_duration, to_ollama_keep_alive
 
-_NS = {"ns": 1, "us": 1_000, "µs": 1_000, "μs": 1_000, "ms": 1_000_000,
-       "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}  # fmt: skip
+_NS = {
+    "ns": 1,
+    "us": 1_000,
+    "µs": 1_000,
+    "μs": 1_000,
+    "ms": 1_000_000,
+    "s": 10**9,
+    "m": 60 * 10**9,
+    "h": 3600 * 10**9,
+}
 _MAX_NS = 2**63 - 1
 
 KeepAliveValue = int | float | str

@@ -131,16 +131,18 @@ class PolicyState:
                 continue
             rule, seconds = service_keep_alive(svc.spec, config.policy)
             last = self.last_request.get(name)
-            rows.append({
-                "service": name,
-                "model": svc.spec.public_name,
-                "keep_alive": format_duration(seconds),
-                "rule": rule,
-                "last_request": iso(last),
-                "in_flight": self.in_flight.get(name, 0),
-                "idle_deadline": iso(idle_deadline(last, seconds)),
-                "stopped_idle": name in self.idle_stopped,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "service": name,
+                    "model": svc.spec.public_name,
+                    "keep_alive": format_duration(seconds),
+                    "rule": rule,
+                    "last_request": iso(last),
+                    "in_flight": self.in_flight.get(name, 0),
+                    "idle_deadline": iso(idle_deadline(last, seconds)),
+                    "stopped_idle": name in self.idle_stopped,
+                }
+            )
         return rows
 
     def record_ps(self, service: str, models: Sequence[Mapping[str, Any]] | None) -> None:

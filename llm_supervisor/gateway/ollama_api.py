@@ -57,8 +57,16 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> Non
         await send_json(send, 404, {"error": "no Ollama service is configured"})
         return
     inference = path in POLICY_PATHS
-    await gw.route(up, scope, receive, send, body, ollama_error,
-                   model=model if inference else None, ensure=model is not None)  # fmt: skip
+    await gw.route(
+        up,
+        scope,
+        receive,
+        send,
+        body,
+        ollama_error,
+        model=model if inference else None,
+        ensure=model is not None,
+    )
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:
@@ -99,8 +107,13 @@ def focus_error(model: str, policy: Policy) -> dict[str, Any]:
 
 
 def _record_keep_alive(gw: Gateway, client: str, model: str, decision: Decision) -> bool:
-    fields = {"client": client, "model": model, "asked": decision.asked_text,
-              "rule": decision.rule, "reason": decision.reason}  # fmt: skip
+    fields = {
+        "client": client,
+        "model": model,
+        "asked": decision.asked_text,
+        "rule": decision.rule,
+        "reason": decision.reason,
+    }
     if decision.changed:
         gw.stats.rewrites[(model, decision.rule, "keep_alive")] += 1
         # A client that sent nothing is routine; one whose value was overridden is news.

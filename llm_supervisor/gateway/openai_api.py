@@ -23,8 +23,11 @@ def error(message: str, kind: str, code: str, param: str | None = "model") -> di
 
 
 def not_found(model: str) -> dict[str, Any]:
-    return error(f"The model '{model}' does not exist or is not served by this gateway.",
-                 "invalid_request_error", "model_not_found")  # fmt: skip
+    return error(
+        f"The model '{model}' does not exist or is not served by this gateway.",
+        "invalid_request_error",
+        "model_not_found",
+    )
 
 
 async def handle(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
@@ -40,8 +43,15 @@ async def handle(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> Non
     body = await gw.read_body(receive)
     model = _model_of(body)
     if model is None:
-        await send_json(send, 400, error("The request body must be JSON with a 'model' field.",
-                                         "invalid_request_error", "missing_model"))  # fmt: skip
+        await send_json(
+            send,
+            400,
+            error(
+                "The request body must be JSON with a 'model' field.",
+                "invalid_request_error",
+                "missing_model",
+            ),
+        )
         return
     if not focus_allows(model, config.policy):
         gw.stats.focus_refusals[model] += 1

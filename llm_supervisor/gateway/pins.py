@@ -69,8 +69,14 @@ def reconcile(
         if model in busy:
             continue  # during a request Ollama shows a stale expires_at
         rule, target = rule_for(model, policy)
-        reason = _expiry_problem(parse_expires_at(entry.get("expires_at")), target,
-                                 last.get(model), now, slack, policy.keep_alive.mode)  # fmt: skip
+        reason = _expiry_problem(
+            parse_expires_at(entry.get("expires_at")),
+            target,
+            last.get(model),
+            now,
+            slack,
+            policy.keep_alive.mode,
+        )
         if reason:
             actions.append(PinAction(model, to_ollama_keep_alive(target), rule, reason))
     return actions
@@ -125,25 +131,39 @@ class PinReconciler:
             return []
         self.state.record_ps(up.service, models)
         actions = reconcile(
-            models, config.policy, self.state.clock(), pins=pins_for(config, up),
-            last_request=self.state.model_last_request, busy=self.state.busy_models(),
-        )  # fmt: skip
+            models,
+            config.policy,
+            self.state.clock(),
+            pins=pins_for(config, up),
+            last_request=self.state.model_last_request,
+            busy=self.state.busy_models(),
+        )
         for action in actions:
             await self._apply(config, up, action)
         return actions
 
     async def _apply(self, config: Config, up: Upstream, action: PinAction) -> None:
-        log.info("keepalive.reconcile", service=up.service, model=action.model,
-                 keep_alive=action.keep_alive, rule=action.rule, reason=action.reason)  # fmt: skip
-        body = {"model": action.model, "keep_alive": action.keep_alive,
-                "options": dict(config.policy.ollama_options)}  # fmt: skip
+        log.info(
+            "keepalive.reconcile",
+            service=up.service,
+            model=action.model,
+            keep_alive=action.keep_alive,
+            rule=action.rule,
+            reason=action.reason,
+        )
+        body = {
+            "model": action.model,
+            "keep_alive": action.keep_alive,
+            "options": dict(config.policy.ollama_options),
+        }
         timeout = config.services[up.service].spec.health.startup_timeout or 1800.0
         self.state.note_model(action.model)
         try:
             await self._load(up, body, timeout)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("keepalive.reconcile_failed", service=up.service, model=action.model,
-                        error=str(exc))  # fmt: skip
+            log.warning(
+                "keepalive.reconcile_failed", service=up.service, model=action.model, error=str(exc)
+            )
 
     async def _load(self, up: Upstream, body: dict[str, Any], timeout: float) -> None:
         try:

@@ -44,24 +44,39 @@ class _StatsCollector(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         s = self._stats
-        yield _family("llm_supervisor_gateway_requests", "Requests routed", ["service", "api"],
-                      s.requests)  # fmt: skip
+        yield _family(
+            "llm_supervisor_gateway_requests", "Requests routed", ["service", "api"], s.requests
+        )
         yield _family(
             "llm_supervisor_keepalive_rewrites",
             "Requests whose keep_alive or options the gateway changed",
             ["model", "rule", "kind"],
             s.rewrites,
         )
-        yield _family("llm_supervisor_keepalive_observed",
-                      "observe mode: requests the policy would have changed", ["model", "rule"],
-                      s.observed)  # fmt: skip
-        yield _family("llm_supervisor_focus_refusals", "Requests refused by the focus list",
-                      ["model"], {(k,): v for k, v in s.focus_refusals.items()})  # fmt: skip
-        yield _family("llm_supervisor_gateway_upstream_errors", "Upstream connection failures",
-                      ["service"], {(k,): v for k, v in s.upstream_errors.items()})  # fmt: skip
-        yield _family("llm_supervisor_gateway_client_disconnects",
-                      "Client disconnects that cancelled an upstream request", ["service"],
-                      {(k,): v for k, v in s.disconnects.items()})  # fmt: skip
+        yield _family(
+            "llm_supervisor_keepalive_observed",
+            "observe mode: requests the policy would have changed",
+            ["model", "rule"],
+            s.observed,
+        )
+        yield _family(
+            "llm_supervisor_focus_refusals",
+            "Requests refused by the focus list",
+            ["model"],
+            {(k,): v for k, v in s.focus_refusals.items()},
+        )
+        yield _family(
+            "llm_supervisor_gateway_upstream_errors",
+            "Upstream connection failures",
+            ["service"],
+            {(k,): v for k, v in s.upstream_errors.items()},
+        )
+        yield _family(
+            "llm_supervisor_gateway_client_disconnects",
+            "Client disconnects that cancelled an upstream request",
+            ["service"],
+            {(k,): v for k, v in s.disconnects.items()},
+        )
 
 
 def _family(name: str, doc: str, labels: list[str], values: Any) -> CounterMetricFamily:

@@ -140,9 +140,12 @@ class UpstreamClient:
             url += "?" + scope["query_string"].decode("latin-1")
         try:
             resp = await self.session().request(
-                scope["method"], url, data=body, headers=_request_headers(scope),
+                scope["method"],
+                url,
+                data=body,
+                headers=_request_headers(scope),
                 allow_redirects=False,
-            )  # fmt: skip
+            )
         except aiohttp.ClientConnectionError as exc:
             message = f"engine {up.service} unreachable on 127.0.0.1:{up.port}: {exc}"
             raise UpstreamUnavailable(message) from exc
