@@ -135,14 +135,18 @@ def reload_metrics(reload: dict[str, Any]) -> list[Metric]:
 
 def rewrite_entries(rewrites: Any) -> Iterator[tuple[str, str, float]]:
     """``policy.rewrites`` as (model, rule, count): the documented list of objects, or a
-    ``{model: {rule: count}}`` mapping."""
+    ``{model: {rule: count}}`` mapping. A missing rule (the policy default) reads "default"."""
     if isinstance(rewrites, dict):
         for model, rules in rewrites.items():
             for rule, count in (rules or {}).items():
-                yield str(model), str(rule), float(count or 0)
+                yield str(model), str(rule or "default"), float(count or 0)
         return
     for item in rewrites or []:
-        yield str(item.get("model", "")), str(item.get("rule") or ""), float(item.get("count") or 0)
+        yield (
+            str(item.get("model", "")),
+            str(item.get("rule") or "default"),
+            float(item.get("count") or 0),
+        )
 
 
 def model_metrics(status: dict[str, Any]) -> list[Metric]:

@@ -49,31 +49,59 @@ def initial_status() -> dict[str, Any]:
         "version": "0.1.0",
         "daemon": {"pid": 1, "uptime": 12.3, "config_dir": "/etc/llm-supervisor", "started_at": T0},
         "services": {
-            "qwen3-8b": _service("vllm", [0], "ready", 8001, restarts=2,
-                                 restarts_by_reason={"crash": 1, "health": 1}),
+            "qwen3-8b": _service(
+                "vllm", [0], "ready", 8001, restarts=2, restarts_by_reason={"crash": 1, "health": 1}
+            ),
             "ollama": _service("ollama", [0], "ready", 11435),
             "tiny": _service("command", "cpu", "stopped", 8002, start="on-demand"),
-            "broken": _service("vllm", [0], "fatal", 8003, restarts=5, last_exit=oom,
-                               reason="too many failures", restarts_by_reason={"crash": 5}),
-        },  # fmt: skip
+            "broken": _service(
+                "vllm",
+                [0],
+                "fatal",
+                8003,
+                restarts=5,
+                last_exit=oom,
+                reason="too many failures",
+                restarts_by_reason={"crash": 5},
+            ),
+        },
         "gpus": {"available": True, "reason": None, "gpus": [gpu]},
         "models": [
-            {"name": "gpt-oss:120b", "service": "ollama", "loaded": True, "size_vram": 60 * GIB,
-             "expires_at": "2318-01-01T00:00:00Z", "keep_alive": "forever", "rule": "gpt-oss:*",
-             "pinned": True},
-            {"name": "llama3.2:3b", "service": "ollama", "loaded": True, "size_vram": 3 * GIB,
-             "expires_at": "2099-01-01T00:00:00Z", "keep_alive": "30m", "rule": None,
-             "pinned": False},
-        ],  # fmt: skip
+            {
+                "name": "gpt-oss:120b",
+                "service": "ollama",
+                "loaded": True,
+                "size_vram": 60 * GIB,
+                "expires_at": "2318-01-01T00:00:00Z",
+                "keep_alive": "forever",
+                "rule": "gpt-oss:*",
+                "pinned": True,
+            },
+            {
+                "name": "llama3.2:3b",
+                "service": "ollama",
+                "loaded": True,
+                "size_vram": 3 * GIB,
+                "expires_at": "2099-01-01T00:00:00Z",
+                "keep_alive": "30m",
+                "rule": None,
+                "pinned": False,
+            },
+        ],
         "policy": {
-            "mode": "enforce", "focus": [], "default": "30m",
+            "mode": "enforce",
+            "focus": [],
+            "default": "30m",
             "rewrites": [{"model": "gpt-oss:120b", "rule": "gpt-oss:*", "count": 7}],
-        },  # fmt: skip
+        },
         "reload": {
-            "result": "applied", "at": T0 + 10, "errors": [],
-            "changes": {"restarted": ["qwen3-8b"]}, "counts": {"applied": 2, "rejected": 1},
+            "result": "applied",
+            "at": T0 + 10,
+            "errors": [],
+            "changes": {"restarted": ["qwen3-8b"]},
+            "counts": {"applied": 2, "rejected": 1},
             "last_success_at": T0 + 10,
-        },  # fmt: skip
+        },
     }
 
 

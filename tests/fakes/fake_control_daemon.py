@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from fake_control_backend import FakeControlBackend  # type: ignore[import-not-f
 
 from llm_supervisor.control.server import ControlServer
 from llm_supervisor.errors import ControlError
+from llm_supervisor.logsetup import configure_logging
 
 
 def handle(backend: FakeControlBackend, command: str) -> str:
@@ -52,6 +54,7 @@ async def main() -> int:
     parser.add_argument("--token-file", type=Path)
     parser.add_argument("--socket-group")
     args = parser.parse_args()
+    configure_logging("json", stream=sys.stderr)  # stdout is the protocol with the test
     backend = FakeControlBackend()
     try:
         server = ControlServer(
@@ -64,10 +67,8 @@ async def main() -> int:
     print(f"READY {server.port or 0}", flush=True)
     commands = asyncio.create_task(read_commands(backend))
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, commands.cancel)
-    try:
+    with contextlib.suppress(asyncio.CancelledError):
         await commands
-    except asyncio.CancelledError:
-        pass
     await server.shutdown()
     return 0
 
