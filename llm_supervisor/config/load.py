@@ -171,7 +171,8 @@ def _read(path: Path, collector: _Collector) -> LoadedYaml | None:
     try:
         doc = load_yaml(text)
     except YamlSyntaxError as exc:
-        collector.error(name, exc.mark.line, exc.mark.col, "", str(exc))
+        key = ".".join(str(part) for part in exc.path)
+        collector.error(name, exc.mark.line, exc.mark.col, key, str(exc))
         return None
     if doc.data is None:
         collector.error(name, 1, 1, "", "file is empty (or only comments); expected a mapping")

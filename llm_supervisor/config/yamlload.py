@@ -42,9 +42,12 @@ class LoadedYaml:
 
 
 class YamlSyntaxError(ValueError):
-    def __init__(self, message: str, mark: Mark) -> None:
+    """``path`` is the key path where it went wrong, when parsing got that far."""
+
+    def __init__(self, message: str, mark: Mark, path: Path = ()) -> None:
         super().__init__(message)
         self.mark = mark
+        self.path = path
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -108,18 +111,20 @@ class _Builder:
         except Exception as exc:  # any tag constructor may fail on odd input (!!int abc)
             problem = exc.problem if isinstance(exc, yaml.MarkedYAMLError) else None
             detail = problem or str(exc) or type(exc).__name__
-            raise YamlSyntaxError(f"invalid value {node.value!r}: {detail}", _mark(node)) from None
+            msg = f"invalid value {node.value!r}: {detail}"
+            raise YamlSyntaxError(msg, _mark(node), path) from None
 
     def _guard(self, node: yaml.Node, path: Path, stack: frozenset[int]) -> None:
         self.count += 1
         if id(node) in stack:
-            raise YamlSyntaxError("recursive alias: a value refers to itself", _mark(node))
+            # Point at the key that uses the alias (set by _mapping), not at the anchor.
+            where = self.marks.get(path, _mark(node))
+            raise YamlSyntaxError("recursive alias: a value contains itself", where, path)
         if len(path) > MAX_DEPTH:
-            raise YamlSyntaxError(f"nesting deeper than {MAX_DEPTH} levels", _mark(node))
+            raise YamlSyntaxError(f"nesting deeper than {MAX_DEPTH} levels", _mark(node), path)
         if self.count > MAX_NODES:
-            raise YamlSyntaxError(
-                f"more than {MAX_NODES} values (are aliases expanding?)", _mark(node)
-            )
+            msg = f"more than {MAX_NODES} values (are aliases expanding?)"
+            raise YamlSyntaxError(msg, _mark(node), path)
 
     def _mapping(self, node: yaml.MappingNode, path: Path, stack: frozenset[int]) -> Any:
         # Keys written in this mapping may not repeat; keys pulled in by a merge (<<) may be
@@ -133,17 +138,17 @@ class _Builder:
         seen: set[str] = set()  # keys written here so far
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
-                raise YamlSyntaxError("mapping keys must be plain strings", _mark(key_node))
+                msg = "mapping keys must be plain strings"
+                raise YamlSyntaxError(msg, _mark(key_node), path)
             # The key as written: `off:` stays "off" rather than becoming False -> "false".
             key = str(key_node.value)
             if id(key_node) in written and key in seen:
                 first = self.marks[(*path, key)]
-                raise YamlSyntaxError(
-                    f"duplicate key {key!r} (first defined at line {first.line})",
-                    _mark(key_node),
-                )
+                msg = f"duplicate key {key!r} (first defined at line {first.line})"
+                raise YamlSyntaxError(msg, _mark(key_node), (*path, key))
             if id(key_node) in written:
                 seen.add(key)
+            self.marks[(*path, key)] = _mark(key_node)
             result[key] = self.build(value_node, (*path, key), stack)
             self.marks[(*path, key)] = _mark(key_node)  # the key's position, not the value's
         return result
