@@ -66,12 +66,17 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
     d.close()
 
 
+def clean_env() -> dict[str, str]:
+    """The test runner's environment without settings that would steer the CLI."""
+    steering = {"LLM_SUPERVISOR_TOKEN_FILE", "LLM_SUPERVISOR_CONTROL", "NO_COLOR"}
+    return {k: v for k, v in os.environ.items() if k not in steering}
+
+
 def cli(
     *args: str, address: str | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     control = ["--control", address] if address else []
-    environ = {**os.environ, "NO_COLOR": "", **(env or {})}
-    environ.pop("LLM_SUPERVISOR_TOKEN_FILE", None) if env is None else None
+    environ = {**clean_env(), **(env or {})}
     return subprocess.run(
         [*CLI, *args, *control], capture_output=True, text=True, timeout=30, env=environ
     )
@@ -143,8 +148,7 @@ def test_status_colours_on_a_tty_unless_no_color(daemon: Daemon) -> None:
 def run_on_tty(args: list[str], env: dict[str, str]) -> str:
     """Run the CLI with its stdout on a pseudo-terminal; return what it wrote."""
     master, slave = pty.openpty()
-    environ = {**os.environ, "TERM": "xterm", **env}
-    environ.pop("NO_COLOR", None) if "NO_COLOR" not in env else None
+    environ = {**clean_env(), "TERM": "xterm", **env}
     proc = subprocess.Popen([*CLI, *args], stdout=slave, stderr=slave, env=environ)
     os.close(slave)
     chunks = []
