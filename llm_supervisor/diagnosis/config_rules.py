@@ -23,10 +23,13 @@ def _capability_hint(found: Found) -> str:
     )
 
 
+def _ollama_model_hint(found: Found) -> str:
+    name = found.text("model", "the model")
+    return f"{name} is not available on this Ollama: check the name and tag, then ollama pull it"
+
+
 def _model_hint(found: Found) -> str:
     name = found.text("model", "the model")
-    if found.engine == "ollama" or "manifest" in found.match.group(0).lower():
-        return f"{name} is not available: check the name and tag, then ollama pull it"
     return (
         f"{name} is neither a local directory nor a Hugging Face repo id: check the path "
         "(readable by the service user?) or the repo name"
@@ -80,8 +83,8 @@ CONFIG_RULES: tuple[Rule, ...] = (
         ("bfloat16 is only supported",),
         rx(
             r"Bfloat16 is only supported on GPUs with compute capability of at least"
-            r" (?P<min_capability>[\d.]+)\. Your (?P<gpu>.+?) GPU has compute capability"
-            r" (?P<capability>[\d.]+)"
+            r" (?P<min_capability>\d+(?:\.\d+)?)\. Your (?P<gpu>.+?) GPU has compute capability"
+            r" (?P<capability>\d+(?:\.\d+)?)"
         ),
         fixed("this GPU has no bfloat16: add dtype: half to the service's args"),
         VLLM,
@@ -139,14 +142,14 @@ CONFIG_RULES: tuple[Rule, ...] = (
         c.MODEL_NOT_FOUND,
         ("pull model manifest",),
         rx(r"pull model manifest: file does not exist"),
-        _model_hint,
+        _ollama_model_hint,
         OLLAMA,
     ),
     Rule(
         c.MODEL_NOT_FOUND,
         ("not found",),
         rx(r"model [\\\"']+(?P<model>[^\\\"'\s]+)[\\\"']+ not found"),
-        _model_hint,
+        _ollama_model_hint,
         OLLAMA,
     ),
     Rule(

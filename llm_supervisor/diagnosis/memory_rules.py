@@ -49,12 +49,14 @@ def _host_oom_hint(found: Found) -> str:
     return prefix + "not enough host memory; stop other models or use a smaller quantization"
 
 
-_CUDA_OOM = by_engine(
+_VLLM_OOM, _OLLAMA_OOM = (
     "the GPU ran out of memory: lower gpu-memory-utilization, max-model-len or max-num-seqs, "
     "and check that no other process holds GPU memory (llm-supervisor gpus)",
     "the GPU ran out of memory: lower num_ctx or OLLAMA_NUM_PARALLEL, unload other models, "
     "and check that no other process holds GPU memory (llm-supervisor gpus)",
 )
+_CUDA_OOM = by_engine(_VLLM_OOM, _OLLAMA_OOM)
+_GGML_OOM = by_engine(_VLLM_OOM, _OLLAMA_OOM, default="ollama")
 
 
 MEMORY_RULES: tuple[Rule, ...] = (
@@ -126,13 +128,22 @@ MEMORY_RULES: tuple[Rule, ...] = (
     ),
     Rule(
         c.CUDA_OOM,
-        ("out of memory", "malloc failed", "cuda", "out of device memory"),
+        ("out of memory", "cudaerrormemoryallocation"),
         rx(
-            r"OutOfMemoryError|CUDA error: out of memory|CUDA out of memory|cudaMalloc failed"
-            r"|hipMalloc failed|HIP out of memory|out of device memory"
-            r"|(?:unable|failed) to allocate (?:CUDA|ROCm)\d* buffer|cudaErrorMemoryAllocation"
+            r"OutOfMemoryError|CUDA error: out of memory|CUDA out of memory|HIP out of memory"
+            r"|cudaErrorMemoryAllocation"
         ),
         _CUDA_OOM,
+    ),
+    Rule(
+        c.CUDA_OOM,
+        ("malloc failed", "to allocate cuda", "to allocate rocm", "out of device memory"),
+        rx(
+            # llama.cpp's allocator, as Ollama's runner prints it
+            r"cudaMalloc failed|hipMalloc failed|out of device memory"
+            r"|(?:unable|failed) to allocate (?:CUDA|ROCm)\d* buffer"
+        ),
+        _GGML_OOM,
     ),
     Rule(
         c.HOST_OOM,

@@ -21,10 +21,9 @@ def _missing_hint(found: Found) -> str:
     return f"{cmd} was not found: set the service's command to the engine's full path"
 
 
-_DEAD = by_engine(
-    "the engine core process died; its root cause is in the lines above this one",
-    "the llama runner died while loading or serving; see the lines above this one",
-)
+_VLLM_DEAD = "the engine core process died; its root cause is in the lines above this one"
+_OLLAMA_DEAD = "the llama runner died while loading or serving; see the lines above this one"
+_DEAD = by_engine(_VLLM_DEAD, _OLLAMA_DEAD)
 
 
 PROCESS_RULES: tuple[Rule, ...] = (
@@ -60,7 +59,7 @@ PROCESS_RULES: tuple[Rule, ...] = (
     Rule(
         c.EXECUTABLE_MISSING,
         ("executable file not found",),
-        rx(r"exec: \"(?P<cmd>[^\"]+)\": executable file not found"),
+        rx(r"\"(?P<cmd>[^\"]+)\": executable file not found"),
         _missing_hint,
     ),
     Rule(
@@ -93,7 +92,7 @@ PROCESS_RULES: tuple[Rule, ...] = (
             r"|Engine core initialization failed|Engine process failed to start"
             r"|EngineCore failed to start"
         ),
-        _DEAD,
+        fixed(_VLLM_DEAD),
         VLLM,
     ),
     Rule(
@@ -103,7 +102,7 @@ PROCESS_RULES: tuple[Rule, ...] = (
             r"(?:llama runner|llama-server) (?:process )?(?:has )?terminated"
             r"(?:[:,]? (?:error=\\?\"?)?exit status (?P<exit_status>\w+))?"
         ),
-        _DEAD,
+        fixed(_OLLAMA_DEAD),
         OLLAMA,
     ),
     Rule(

@@ -116,6 +116,14 @@ def fixed(text: str) -> HintFn:
     return lambda _found: text
 
 
-def by_engine(vllm: str, ollama: str) -> HintFn:
-    """Different advice per engine; vLLM's when the engine is not known."""
-    return lambda found: ollama if found.engine == "ollama" else vllm
+def by_engine(vllm: str, ollama: str, default: str = "vllm") -> HintFn:
+    """Different advice per engine; ``default``'s when the caller did not say which engine.
+
+    A message only one engine prints (llama.cpp's ``cudaMalloc failed``) sets ``default``.
+    """
+
+    def hint(found: Found) -> str:
+        engine = found.engine if found.engine in ("vllm", "ollama") else default
+        return ollama if engine == "ollama" else vllm
+
+    return hint
