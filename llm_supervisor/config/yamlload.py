@@ -18,6 +18,7 @@ Path = tuple[str | int, ...]
 
 MAX_DEPTH = 64  # real profiles nest 5 levels; deeper is garbage or an attack
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_PLAIN_TAGS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
 MAX_NODES = 100_000  # stops alias bombs ("billion laughs") long before memory is at risk
 
 
@@ -102,6 +103,8 @@ class _Builder:
         self._guard(node, path, stack)
         self.marks[path] = _mark(node)
         inner = stack | {id(node)}
+        if isinstance(node, yaml.CollectionNode) and node.tag not in _PLAIN_TAGS:
+            raise YamlSyntaxError(f"unsupported tag {node.tag!r}", _mark(node), path)
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, path, inner)
         if isinstance(node, yaml.SequenceNode):
