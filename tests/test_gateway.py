@@ -1,0 +1,371 @@
+"""The gateway with the official ollama and openai clients, in front of fake engines.
+
+Everything runs in-process on 127.0.0.1 with port 0; keep_alive timers of the fake Ollama
+and the gateway's clock run on one ManualClock, so "15 minutes later" costs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import ollama
+import openai
+import pytest
+import uvicorn
+from structlog.testing import capture_logs
+
+from llm_supervisor.config.models import Config
+from llm_supervisor.gateway.app import Gateway
+from tests.fakes.fake_ollama import FakeOllama, ManualClock
+from tests.fakes.fake_openai import FakeOpenAI
+
+BIG = "gpt-oss:120b"
+SMALL = "llama3.2:3b"
+RULES = [{"match": "gpt-oss:*", "keep_alive": "forever"}, {"match": "llama*", "keep_alive": "10m"}]
+
+
+class _QuietServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Any) -> AsyncIterator[int]:
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", log_config=None)
+    server = _QuietServer(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.005)
+    try:
+        yield server.servers[0].sockets[0].getsockname()[1]
+    finally:
+        server.should_exit = True
+        await task
+
+
+@dataclass
+class StubBackend:
+    """Records what the gateway asks; 'starting' a service just takes start_delay."""
+
+    cfg: Config
+    start_delay: float = 0.0
+    calls: list[tuple[str, str]] = field(default_factory=list)
+    running: set[str] = field(default_factory=set)
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    def config(self) -> Config:
+        return self.cfg
+
+    async def ensure_ready(self, service: str) -> None:
+        async with self._locks.setdefault(service, asyncio.Lock()):  # concurrent callers share
+            if service not in self.running:
+                self.calls.append(("start", service))
+                await asyncio.sleep(self.start_delay)
+                self.running.add(service)
+
+    async def stop_idle(self, service: str) -> None:
+        self.calls.append(("stop_idle", service))
+        self.running.discard(service)
+
+    def note_request(self, service: str) -> None:
+        pass
+
+
+@dataclass
+class Rig:
+    gw: Gateway
+    backend: StubBackend
+    fake: FakeOllama
+    vllm: FakeOpenAI
+    clock: ManualClock
+    url: str
+    ollama_url: str
+
+    def ollama(self, direct: bool = False) -> ollama.AsyncClient:
+        return ollama.AsyncClient(host=self.ollama_url if direct else self.url)
+
+    def openai(self) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key="none", max_retries=0)
+
+
+def make_config(ollama_port: int, vllm_port: int, **policy: Any) -> Config:
+    ka = {"default": "30m", "rules": RULES} | policy.pop("keep_alive", {})
+    services = {
+        "ollama": {
+            "name": "ollama",
+            "gpus": (),
+            "source": "t",
+            "spec": {
+                "engine": "ollama",
+                "port": ollama_port,
+                "models": [BIG, SMALL, "nomic-embed-text"],
+            },
+        },
+        "qwen": {
+            "name": "qwen",
+            "gpus": (),
+            "source": "t",
+            "spec": {
+                "engine": "vllm",
+                "port": vllm_port,
+                "model": "Qwen/Qwen3-8B",
+                "served_name": "qwen3-8b",
+                "start": "on-demand",
+            },
+        },
+    }
+    return Config.model_validate({"services": services, "policy": {"keep_alive": ka, **policy}})
+
+
+RigFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def rig_factory() -> AsyncIterator[RigFactory]:
+    stack = contextlib.AsyncExitStack()
+
+    async def make(*, chunk_delay: float = 0.0, **policy: Any) -> Rig:
+        clock = ManualClock()
+        fake = FakeOllama(clock=clock, chunk_delay=chunk_delay)
+        vllm = FakeOpenAI("qwen3-8b", chunk_delay=chunk_delay)
+        ollama_port = await stack.enter_async_context(serving(fake.app))
+        vllm_port = await stack.enter_async_context(serving(vllm.app))
+        backend = StubBackend(make_config(ollama_port, vllm_port, **policy))
+        gw = Gateway(backend, clock=clock.now)
+        ready = asyncio.Event()
+        task = asyncio.create_task(gw.serve("127.0.0.1", 0, ready, loops=False))
+        stack.push_async_callback(_cancel, task)
+        await ready.wait()
+        url = f"http://127.0.0.1:{gw.port}"
+        return Rig(gw, backend, fake, vllm, clock, url, f"http://127.0.0.1:{ollama_port}")
+
+    async with stack:
+        yield make
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+@pytest.mark.parametrize("asked", [0, "0s", "10m", None])
+async def test_client_keep_alive_ends_as_policy_says(rig_factory: RigFactory, asked: Any) -> None:
+    rig = await rig_factory(ollama_options={"num_ctx": 8192})
+    await rig.ollama().generate(BIG, "hi", keep_alive=asked)
+    assert rig.fake.last_keep_alive[BIG] == -1  # forever, in the only form Ollama gets right
+    await rig.ollama().chat(SMALL, [{"role": "user", "content": "x"}], keep_alive=asked)
+    assert rig.fake.runners[SMALL].session == 600  # "10m" already equals the rule: kept
+    assert rig.fake.runners[BIG].options["num_ctx"] == 8192  # ollama_options forced
+    rig.clock.advance(601)
+    assert sorted(rig.fake.runners) == [BIG]  # the 10m model expired, the big one stays
+    rig.clock.advance(30 * 86400)
+    assert rig.fake.loads[BIG] == 1 and sorted(rig.fake.runners) == [BIG]
+
+
+async def test_rewrites_are_logged_and_counted(rig_factory: RigFactory) -> None:
+    rig = await rig_factory()
+    with capture_logs() as logs:
+        await rig.ollama().generate(BIG, "hi", keep_alive=0)
+    rewrite = next(e for e in logs if e["event"] == "keepalive.rewrite")
+    assert float(rewrite["asked"]) == 0  # the ollama client sends 0.0
+    assert (rewrite["applied"], rewrite["rule"]) == ("-1", "gpt-oss:*")
+    assert rewrite["client"] == "127.0.0.1" and rewrite["model"] == BIG
+    assert rig.gw.stats.rewrites[(BIG, "gpt-oss:*", "keep_alive")] == 1
+
+
+async def test_observe_mode_changes_nothing_but_logs(rig_factory: RigFactory) -> None:
+    rig = await rig_factory(keep_alive={"mode": "observe"})
+    with capture_logs() as logs:
+        for asked in (0, "0s", "10m"):
+            await rig.ollama().generate(BIG, "hi", keep_alive=asked)
+            assert rig.fake.last_keep_alive[BIG] == asked
+    assert rig.fake.loads[BIG] == 3  # 0 and "0s" each unloaded it, as without a gateway
+    observed = [e["asked"] for e in logs if e["event"] == "keepalive.observe"]
+    assert observed == ["0.0", "0s", "10m"]
+    assert not rig.gw.stats.rewrites
+
+
+async def test_floor_and_client_unload_allow(rig_factory: RigFactory) -> None:
+    rig = await rig_factory(keep_alive={"mode": "floor", "client_unload": "allow"})
+    await rig.ollama().generate(SMALL, "hi", keep_alive="2h")
+    assert rig.fake.last_keep_alive[SMALL] == "2h"
+    await rig.ollama().generate(SMALL, "hi", keep_alive="1m")
+    assert rig.fake.last_keep_alive[SMALL] == 600
+    await rig.ollama().generate(SMALL, "", keep_alive=0)  # an explicit unload, allowed
+    assert SMALL not in rig.fake.runners
+
+
+async def test_bad_keep_alive_is_refused_like_ollama(rig_factory: RigFactory) -> None:
+    rig = await rig_factory()
+    for client in (rig.ollama(direct=True), rig.ollama()):
+        with pytest.raises(ollama.ResponseError) as err:
+            await client.generate(BIG, "hi", keep_alive="5")
+        assert (err.value.status_code, err.value.error) == (
+            400,
+            'time: missing unit in duration "5"',
+        )
+
+
+async def test_focus_refuses_with_the_documented_error(rig_factory: RigFactory) -> None:
+    rig = await rig_factory(focus=[SMALL])
+    with pytest.raises(ollama.ResponseError) as err:
+        await rig.ollama().generate(BIG, "hi")
+    assert err.value.status_code == 403
+    assert f"'{BIG}' is not in this server's focus list ({SMALL})" in err.value.error
+    with pytest.raises(openai.PermissionDeniedError) as denied:
+        await rig.openai().chat.completions.create(model="qwen3-8b", messages=[])
+    assert denied.value.code == "model_not_in_focus"
+    await rig.ollama().generate(SMALL, "hi")  # the focused model works
+    assert rig.fake.loads == {SMALL: 1}
+
+
+async def test_streaming_through_both_clients(rig_factory: RigFactory) -> None:
+    rig = await rig_factory()
+    msgs: list[Any] = [{"role": "user", "content": "x"}]
+    parts = [p async for p in await rig.ollama().chat(SMALL, msgs, stream=True)]
+    assert len(parts) == 4 and parts[-1].done
+    parts = [p async for p in await rig.ollama().generate(SMALL, "x", stream=True)]
+    assert "".join(p.response for p in parts) == "tok tok tok "
+    for model in ("qwen3-8b", SMALL):  # vLLM-like and Ollama's /v1
+        stream = await rig.openai().chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "x"}], stream=True
+        )
+        chunks = [c async for c in stream]
+        assert [c.choices[0].finish_reason for c in chunks][-1] == "stop"
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == "tok tok tok "
+
+
+async def test_v1_models_lists_everything_and_unknown_is_openai_404(
+    rig_factory: RigFactory,
+) -> None:
+    rig = await rig_factory()
+    ids = [m.id async for m in rig.openai().models.list()]
+    assert ids == [BIG, SMALL, "nomic-embed-text", "qwen3-8b"]
+    with pytest.raises(openai.NotFoundError) as err:
+        await rig.openai().completions.create(model="nope", prompt="x")
+    assert err.value.code == "model_not_found" and "nope" in err.value.message
+
+
+async def test_host_header_is_rewritten_for_ollama(rig_factory: RigFactory) -> None:
+    rig = await rig_factory()
+    headers = {"Host": "gpu.example.org"}
+    async with httpx.AsyncClient() as client:
+        direct = await client.get(rig.ollama_url + "/api/version", headers=headers)
+        through = await client.get(rig.url + "/api/version", headers=headers)
+    assert (direct.status_code, through.status_code) == (403, 200)
+
+
+@pytest.mark.parametrize("target", ["ollama", "vllm"])
+async def test_client_disconnect_cancels_upstream(rig_factory: RigFactory, target: str) -> None:
+    rig = await rig_factory(chunk_delay=0.05)
+    path, body, counts = (
+        (
+            "/api/generate",
+            {"model": SMALL, "prompt": "x", "options": {"num_predict": 200}},
+            rig.fake.counts,
+        )
+        if target == "ollama"
+        else (
+            "/v1/completions",
+            {"model": "qwen3-8b", "prompt": "x", "max_tokens": 200, "stream": True},
+            rig.vllm.counts,
+        )
+    )
+    async with httpx.AsyncClient() as client, client.stream("POST", rig.url + path, json=body) as r:
+        async for _ in r.aiter_bytes():
+            break  # one chunk arrived: streaming works; now hang up
+    for _ in range(200):
+        if counts["cancelled"]:
+            break
+        await asyncio.sleep(0.01)
+    assert counts["cancelled"] == 1 and not counts["completed"]
+    assert sum(rig.gw.stats.disconnects.values()) == 1
+
+
+async def test_on_demand_start_and_idle_stop(rig_factory: RigFactory) -> None:
+    rig = await rig_factory(keep_alive={"rules": [{"match": "qwen*", "keep_alive": "10m"}]})
+    rig.backend.start_delay = 0.05
+    client = rig.openai()
+    msgs: list[Any] = [{"role": "user", "content": "x"}]
+    await asyncio.gather(
+        *(client.chat.completions.create(model="qwen3-8b", messages=msgs) for _ in range(3))
+    )
+    assert rig.backend.calls == [("start", "qwen")]  # three requests waited on one start
+    assert await rig.gw.idle.check_once() == []
+    rig.clock.advance(599)
+    assert await rig.gw.idle.check_once() == []
+    rig.clock.advance(2)
+    assert await rig.gw.idle.check_once() == ["qwen"]
+    status = {row["service"]: row for row in rig.gw.state.policy_status()["vllm"]}
+    assert status["qwen"]["stopped_idle"] and status["qwen"]["keep_alive"] == "10m"
+    await client.chat.completions.create(model="qwen3-8b", messages=msgs)
+    assert rig.backend.calls[-2:] == [("stop_idle", "qwen"), ("start", "qwen")]
+    assert rig.vllm.counts["requests"] == 4
+
+
+async def test_pins_load_and_repair(rig_factory: RigFactory) -> None:
+    rig = await rig_factory(pin=[BIG], ollama_options={"num_ctx": 8192})
+    actions = await rig.gw.pins.reconcile_once()
+    assert [(a.model, a.keep_alive) for a in actions] == [(BIG, -1)]
+    assert rig.fake.runners[BIG].options["num_ctx"] == 8192
+    assert await rig.gw.pins.reconcile_once() == []
+    # a local script bypasses the gateway and unloads the pinned model
+    await rig.ollama(direct=True).generate(BIG, "", keep_alive=0)
+    assert BIG not in rig.fake.runners
+    assert [a.reason for a in await rig.gw.pins.reconcile_once()] == ["pinned but not loaded"]
+    # another one shortens the 10m model's expiry after the gateway served it
+    await rig.ollama().generate(SMALL, "hi", options={"num_ctx": 8192})
+    await rig.ollama(direct=True).generate(SMALL, "hi", keep_alive="1m", options={"num_ctx": 8192})
+    assert [a.model for a in await rig.gw.pins.reconcile_once()] == [SMALL]
+    rows = {r["model"]: r for r in rig.gw.state.policy_status()["ollama"]}
+    assert rows[BIG]["loaded"] and rows[BIG]["rule"] == "pin" and rows[BIG]["size_vram"]
+    assert rows[SMALL]["keep_alive"] == "10m" and rows["nomic-embed-text:latest"]["loaded"] is False
+    assert rig.fake.loads[BIG] == 2  # the one unload by the local script, and nothing else
+
+
+# The classroom from shared/seeds/003 (29.1.2026): one 65 GB gpt-oss:120b, 12 participants
+# one after another with pauses, and four code paths that each send their own keep_alive.
+CALL_SITES: list[tuple[str, str, float | str]] = [
+    ("safety_check_*.json", "generate", "10m"),
+    ("prompt_interception_engine.py", "chat", 0),
+    ("manipulate.json", "generate", "10m"),
+    ("image_analysis.py", "chat", "0s"),
+]
+GAPS_MINUTES = [4, 7, 12, 3, 15, 6, 9, 11, 5, 8, 14, 0]  # after each of the 12 participants
+LOAD_MINUTES = 6.5  # what one cold load cost in the workshop
+
+
+async def replay_classroom(client: ollama.AsyncClient, clock: ManualClock) -> None:
+    for gap in GAPS_MINUTES:
+        for _, api, keep_alive in CALL_SITES:
+            if api == "generate":
+                await client.generate(BIG, "prompt", keep_alive=keep_alive)
+            else:
+                msgs: list[Any] = [{"role": "user", "content": "x"}]
+                await client.chat(BIG, msgs, keep_alive=keep_alive)
+            clock.advance(20)  # the participant reads, clicks on
+        clock.advance(gap * 60)
+
+
+async def test_classroom_replay_loads_the_big_model_once(rig_factory: RigFactory) -> None:
+    rig = await rig_factory(pin=[BIG])
+    await replay_classroom(rig.ollama(direct=True), rig.clock)
+    direct_loads = rig.fake.loads[BIG]
+    assert direct_loads >= 24, f"without the gateway: {direct_loads} loads"
+
+    rig = await rig_factory(pin=[BIG])
+    await rig.gw.pins.reconcile_once()  # before class: the pin loads it, nobody waits
+    await replay_classroom(rig.ollama(), rig.clock)
+    await rig.gw.pins.reconcile_once()
+    assert rig.fake.loads[BIG] == 1 and rig.fake.unloads[BIG] == 0
+    waited = (direct_loads - 1) * LOAD_MINUTES
+    print(
+        f"classroom: {direct_loads} loads without the gateway (~{waited:.0f} min waiting), 1 with"
+    )
