@@ -1,13 +1,76 @@
-"""`llm-supervisor run` (not implemented yet)."""
+"""``llm-supervisor run``: the daemon in the foreground (systemd runs exactly this)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
+from pathlib import Path
+
+from ..control.address import default_control_address
+from ..logsetup import configure_logging
+
+
+def _from_env(var: str, root_default: str, user_default: str) -> Path:
+    """systemd's *_DIRECTORY variables first, then the usual place for root or a user."""
+    value = os.environ.get(var, "")
+    if value:
+        return Path(value.split(":")[0])
+    return Path(root_default if os.geteuid() == 0 else user_default)
+
+
+def default_state_dir() -> Path:
+    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local/state")
+    return _from_env("STATE_DIRECTORY", "/var/lib/llm-supervisor", f"{xdg}/llm-supervisor")
+
+
+def default_log_dir() -> Path:
+    return _from_env("LOGS_DIRECTORY", "/var/log/llm-supervisor", "logs")
+
+
+def parse_hostport(value: str) -> tuple[str, int] | None:
+    if value.lower() in {"off", "none", ""}:
+        return None
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT or 'off', got {value!r}")
+    return host.strip("[]"), int(port)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    from ..cli import default_config_dir
+
+    parser.add_argument("--config-dir", type=Path, default=Path(default_config_dir()))
+    parser.add_argument("--state-dir", type=Path, default=None, help="orphan registry")
+    parser.add_argument("--log-dir", type=Path, default=None, help="<service>.log files")
+    parser.add_argument("--control", default=None, help="unix:PATH or HOST:PORT")
+    parser.add_argument(
+        "--gateway", type=parse_hostport, default=("127.0.0.1", 11434),
+        help="HOST:PORT of the gateway (default 127.0.0.1:11434), or 'off'",
+    )  # fmt: skip
+    parser.add_argument("--token-file", type=Path, default=None, help="bearer token for TCP")
+    parser.add_argument("--socket-group", default=None, help="group owning the control socket")
+    parser.add_argument("--shutdown-timeout", type=float, default=60.0)
+    parser.add_argument("--no-watch", action="store_true", help="reload only on SIGHUP/CLI")
+    parser.add_argument(
+        "--log-format", choices=["auto", "json", "console", "journal"], default="auto"
+    )
+    parser.add_argument("--log-level", default="info")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise NotImplementedError("run")
+    from ..daemon import Daemon, DaemonOptions
+
+    configure_logging(args.log_format, args.log_level)
+    options = DaemonOptions(
+        config_dir=args.config_dir,
+        state_dir=args.state_dir or default_state_dir(),
+        log_dir=args.log_dir or default_log_dir(),
+        control=default_control_address(args.control),
+        gateway=args.gateway,
+        token_file=args.token_file,
+        socket_group=args.socket_group,
+        shutdown_timeout=args.shutdown_timeout,
+        watch=not args.no_watch,
+    )
+    return asyncio.run(Daemon(options).run())

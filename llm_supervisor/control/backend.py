@@ -36,27 +36,14 @@ exited. ``policy.rewrites`` counts keep_alive rewrites since the daemon started,
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+from ..process.output import LogLine
+
 SERVICE_STATES = ("stopped", "starting", "ready", "stopping", "backoff", "fatal")
+__all__ = ["ControlBackend", "LogLine"]
+
 RELOAD_RESULTS = ("applied", "rejected", "unchanged", "queued")
-
-
-@dataclass(frozen=True)
-class LogLine:
-    """One line of a service's output. ``ts`` is a Unix timestamp; ``stream`` stdout/stderr."""
-
-    ts: float
-    stream: str
-    text: str
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> LogLine:
-        return cls(float(data["ts"]), str(data.get("stream", "stdout")), str(data["text"]))
 
 
 class ControlBackend(Protocol):

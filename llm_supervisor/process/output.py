@@ -11,8 +11,9 @@ import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from ..logsetup import get_logger
 
@@ -25,9 +26,18 @@ MAX_LINE = 16 * 1024  # longer lines are cut in the ring (the file keeps them wh
 
 @dataclass(frozen=True)
 class LogLine:
+    """One line of a service's output; ``ts`` is a Unix timestamp."""
+
     ts: float
     stream: str
     text: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LogLine:
+        return cls(float(data["ts"]), str(data.get("stream", "out")), str(data["text"]))
 
 
 class RotatingFile:
@@ -88,14 +98,19 @@ class OutputRing:
         """A position: lines appended after it belong to a newer run."""
         return len(self._lines)
 
-    async def follow(self) -> AsyncIterator[LogLine]:
+    def follow(self) -> AsyncIterator[LogLine]:
+        """New lines from now on. Subscribes at the call, so no line slips in between."""
         queue: asyncio.Queue[LogLine] = asyncio.Queue()
         self._subscribers.add(queue)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._subscribers.discard(queue)
+
+        async def lines() -> AsyncIterator[LogLine]:
+            try:
+                while True:
+                    yield await queue.get()
+            finally:
+                self._subscribers.discard(queue)
+
+        return lines()
 
 
 async def pump(

@@ -26,7 +26,7 @@ async def no_gate(_: Service) -> AsyncIterator[None]:
     yield
 
 
-StateListener = Callable[["Service", "State", "State", str], None]
+StateListener = Callable[["Service", "State", "State", str], object]
 
 
 @dataclass

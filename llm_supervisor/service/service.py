@@ -59,6 +59,8 @@ class Service:
         self.health_latency: float | None = None
         self.health_failures = 0
         self.degraded: str | None = None
+        self.starting_since: float | None = None
+        self.progress: Any = None  # LoadProgress while starting (progress.py)
         self._child: ChildProcess | None = None
         self._runner: asyncio.Task[None] | None = None
         self._failure_times: list[float] = []
@@ -86,6 +88,8 @@ class Service:
             raise InvalidTransition(old, new)
         self.state, self.reason = new, reason
         self.ready_since = self.deps.clock() if new is State.READY else None
+        if new is not old:
+            self.starting_since = self.deps.clock() if new is State.STARTING else None
         log.info("service.state", service=self.name, old=str(old), new=str(new), reason=reason)
         self._changed.set()
         self._changed = asyncio.Event()
@@ -141,6 +145,8 @@ class Service:
                 self.engine = engine_for(config.spec.engine)
             self._failure_times.clear()
             self.restarts[reason] += 1
+            if reason == "requested":
+                self.degraded = None  # the operator has seen it and asked for a fresh start
             self._launch()
         if wait:
             await self.ensure_ready()

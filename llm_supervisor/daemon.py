@@ -1,0 +1,230 @@
+"""``llm-supervisor run``: wiring, signals, and one ordered shutdown.
+
+Signal handlers only set flags (as uvicorn's do); the main coroutine acts on them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .backend import DaemonBackend
+from .config.load import load_config
+from .config.models import Config
+from .control.server import serve_control
+from .gate import StartGate
+from .gateway.app import Gateway
+from .gpu.fake import make_backend
+from .gpu.nvml import GpuMonitor
+from .logsetup import get_logger
+from .manager import Manager
+from .placement import Placement
+from .process.registry import GroupRegistry
+from .reload import Reloader
+from .sdnotify import SystemdNotifier, watchdog_loop
+from .status import summary_line
+from .watcher import watch_config_dir
+
+log = get_logger(__name__)
+
+
+@dataclass
+class DaemonOptions:
+    config_dir: Path
+    state_dir: Path
+    log_dir: Path
+    control: str
+    gateway: tuple[str, int] | None = ("127.0.0.1", 11434)
+    token_file: Path | None = None
+    socket_group: str | None = None
+    shutdown_timeout: float = 60.0
+    watch: bool = True
+    debounce_ms: int = 50
+    gpu_interval: float = 5.0
+
+
+class Daemon:
+    def __init__(self, options: DaemonOptions) -> None:
+        self.options = options
+        self.notifier = SystemdNotifier()
+        self.placement = Placement(GpuMonitor(make_backend()))
+        self.registry = GroupRegistry(options.state_dir)
+        self.started_at = time.time()
+        self.started_monotonic = time.monotonic()
+        self.gateway: Gateway | None = None
+        self.reloader: Reloader | None = None
+        self._stop = asyncio.Event()
+        self._signals = 0
+        self.manager: Manager  # set in run(), after the config is known to be valid
+
+    @property
+    def gateway_address(self) -> str | None:
+        if self.options.gateway is None:
+            return None
+        host, port = self.options.gateway
+        return f"{host}:{self.gateway.port if self.gateway and self.gateway.port else port}"
+
+    def load(self) -> Config:
+        config, warnings = load_config(self.options.config_dir, self.placement.totals())
+        for issue in warnings:
+            log.warning("config.warning", issue=issue.format())
+        return config
+
+    # -- signals: flags only -----------------------------------------------------------
+
+    def _on_stop_signal(self, signum: int) -> None:
+        self._signals += 1
+        log.info("daemon.signal", signal=signal.Signals(signum).name, count=self._signals)
+        self._stop.set()
+
+    def _on_hup(self) -> None:
+        log.info("reload.triggered", trigger="SIGHUP")
+        if self.reloader is not None:
+            self.reloader.request()
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+
+    # -- run ---------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        self._install_signals()
+        await self.placement.refresh()
+        config = self.load()  # ConfigError propagates: nothing has been started yet
+        killed = await self.registry.kill_orphans()
+        if killed:
+            log.warning("daemon.orphans_killed", pids=killed)
+        self._build(config)
+        try:
+            async with asyncio.TaskGroup() as group:
+                await self._start(group)
+                await self._stop.wait()
+                await self._shutdown()
+        finally:
+            await self._backstop()
+        log.info("daemon.stopped")
+        return 0
+
+    def _build(self, config: Config) -> None:
+        self.manager = Manager(
+            config,
+            registry=self.registry,
+            log_dir=self.options.log_dir,
+            gate=StartGate(admit=self.placement.admit),
+            deps_overrides={
+                "cuda_devices": self.placement.cuda_devices,
+                "wait_released": self.placement.wait_released,
+            },
+        )
+        self.placement.manager = self.manager
+        self.backend = DaemonBackend(self)
+        if self.options.gateway is not None:
+            self.gateway = Gateway(self.backend)
+        busy = self._busy
+        self.placement.busy = busy
+        self.reloader = Reloader(
+            self.options.config_dir, self.manager, self.load, busy=busy,
+            on_reloading=self.notifier.reloading,
+            on_done=lambda record: self.notifier.ready(),
+        )  # fmt: skip
+        self.manager.listeners.append(lambda *_: self.notifier.status(summary_line(self)))
+
+    def _busy(self, name: str) -> bool:
+        return self.gateway is not None and name in self.gateway.state.busy_services()
+
+    async def _start(self, group: asyncio.TaskGroup) -> None:
+        """Control socket and gateway first, then boot services, then READY=1."""
+        self._tasks: dict[str, asyncio.Task[Any]] = {}
+        control_up, gateway_up = asyncio.Event(), asyncio.Event()
+        self._spawn(group, "control", serve_control(
+            self.backend, self.options.control, token_file=self.options.token_file,
+            socket_group=self.options.socket_group, started=control_up,
+        ))  # fmt: skip
+        waits = [control_up.wait()]
+        if self.gateway is not None and self.options.gateway is not None:
+            host, port = self.options.gateway
+            self._spawn(group, "gateway", self.gateway.serve(host, port, gateway_up))
+            waits.append(gateway_up.wait())
+        await self._started(waits)
+        assert self.reloader is not None
+        self._spawn(group, "reloader", self.reloader.run())
+        if self.options.watch:
+            self._watch_stop = asyncio.Event()
+            self._spawn(group, "watcher", watch_config_dir(
+                self.options.config_dir, self.reloader, self._watch_stop, self.options.debounce_ms
+            ))  # fmt: skip
+        self._spawn(group, "gpu", self.placement.run(self.options.gpu_interval))
+        self._spawn(group, "status", self._status_loop())
+        await self.manager.start_boot_services()
+        self.notifier.ready(status=summary_line(self))
+        self._spawn(group, "watchdog", watchdog_loop(
+            self.notifier, self.notifier.watchdog_interval(), self._loop_healthy
+        ))  # fmt: skip
+        log.info("daemon.ready", services=len(self.manager.services),
+                 control=self.options.control, gateway=self.gateway_address)  # fmt: skip
+
+    async def _started(self, waits: list[Any]) -> None:
+        """Wait for the listeners; a task that died instead (port taken) raises here."""
+        waiting = asyncio.ensure_future(asyncio.gather(*waits))
+        racers: set[asyncio.Future[Any]] = {waiting, *self._tasks.values()}
+        await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
+        for task in self._tasks.values():
+            if task.done():
+                waiting.cancel()
+                task.result()  # re-raise the listener's error
+        await waiting
+
+    def _spawn(self, group: asyncio.TaskGroup, name: str, coro: Any) -> None:
+        self._tasks[name] = group.create_task(coro, name=name)
+
+    def _loop_healthy(self) -> bool:
+        # WATCHDOG=1 is sent from this loop; a blocked loop misses it and systemd acts.
+        return not self._stop.is_set() or self._signals < 3
+
+    async def _status_loop(self) -> None:
+        while True:
+            self.notifier.status(summary_line(self))
+            await asyncio.sleep(5)
+
+    # -- shutdown, in order ------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        deadline = self.options.shutdown_timeout
+        log.info("daemon.stopping", deadline=deadline)
+        # 1. Tell systemd, so `systemctl status` says "deactivating" from now on.
+        self.notifier.stopping()
+        # 2. No more reloads: a reload racing the shutdown could start a service again.
+        for name in ("watcher", "reloader"):
+            await self._cancel(name)
+        if self.reloader is not None:
+            await self.reloader.close()
+        # 3. Close the gateway: no new requests; open streams get a few seconds.
+        await self._cancel("gateway")
+        # 4. Stop every service concurrently within the shared deadline.
+        await self.manager.shutdown(deadline)
+        # 5. Control API last, so `status` works while the services stop.
+        for name in ("gpu", "status", "watchdog", "control"):
+            await self._cancel(name)
+
+    async def _cancel(self, name: str) -> None:
+        task = self._tasks.get(name)
+        if task is None or task.done():
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def _backstop(self) -> None:
+        """Whatever path led here (crash of a listener included), leave no engine behind."""
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self.manager.shutdown(5.0))
+        await self.manager.http.aclose()
+        self.placement.monitor.close()

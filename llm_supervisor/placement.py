@@ -1,0 +1,165 @@
+"""The daemon's GPU side: CUDA_VISIBLE_DEVICES, admission before a start, memory release
+after a stop, and the pressure loop. Decisions are the pure functions in ``gpu/``; this
+module only gathers their inputs and carries out their answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .config.models import Config, ServiceConfig
+from .errors import AdmissionError
+from .gpu.admission import Admit, Evict, EvictionCandidate, decide_admission, need_for
+from .gpu.attribution import attribute, process_names, service_usage, snapshot_dict
+from .gpu.nvml import GpuMonitor
+from .gpu.pressure import PressureTracker
+from .gpu.snapshot import GpuDevice, GpuSnapshot
+from .logsetup import get_logger
+
+if TYPE_CHECKING:
+    from .manager import Manager
+    from .service.service import Service
+
+log = get_logger(__name__)
+
+RELEASE_WAIT = 30.0  # after a stop, how long a start on that GPU waits for memory to return
+EVICTION_ROUNDS = 2
+
+
+class Placement:
+    def __init__(
+        self,
+        monitor: GpuMonitor,
+        *,
+        busy: Callable[[str], bool] = lambda name: False,
+        release_wait: float = RELEASE_WAIT,
+    ) -> None:
+        self.monitor = monitor
+        self.busy = busy
+        self.release_wait = release_wait
+        self.pressure = PressureTracker()
+        self.manager: Manager | None = None
+        self.last: GpuSnapshot | None = None
+
+    async def refresh(self) -> GpuSnapshot:
+        self.last = await self.monitor.snapshot()
+        return self.last
+
+    def totals(self) -> dict[int | str, int] | None:
+        return self.last.totals() if self.last is not None else None
+
+    # -- hooks for Service -------------------------------------------------------------
+
+    def cuda_devices(self, svc: ServiceConfig) -> str | None:
+        """UUIDs when NVML knows the GPUs (indices can change order), else the indices."""
+        if not svc.gpus:
+            return None
+        uuids = self.last.uuids_for(svc.gpus) if self.last and self.last.available else None
+        return ",".join(uuids) if uuids else ",".join(str(g) for g in svc.gpus)
+
+    async def admit(self, service: Service) -> None:
+        """Enough free memory on every GPU of the service, evicting idle services if allowed."""
+        if not service.config.gpus:
+            return
+        for _ in range(EVICTION_ROUNDS + 1):
+            snap = await self.refresh()
+            if not snap.available:
+                return  # nothing can be known; the engine's own check is the last word
+            verdict = self._verdict(service, snap)
+            if isinstance(verdict, Admit):
+                return
+            if not isinstance(verdict, Evict):
+                raise AdmissionError(
+                    service.name, verdict.message, cause="insufficient_free_memory",
+                    hint="stop a service on that GPU or lower gpu-memory-utilization",
+                )  # fmt: skip
+            await self._evict(service, verdict)
+        raise AdmissionError(service.name, "GPU memory still short after evicting idle services")
+
+    def _verdict(self, service: Service, snap: GpuSnapshot) -> Any:
+        assert self.manager is not None
+        for ref in service.config.gpus:
+            device = snap.resolve(ref)
+            if device is None:
+                raise AdmissionError(service.name, f"GPU {ref} not found", cause="unknown")
+            need = need_for(service.config.spec, device.memory_total)
+            candidates = self._candidates(service, device, snap)
+            verdict = decide_admission(
+                need, device, candidates, self.manager.config.policy.evict_idle,
+                process_names(device.pids()),
+            )  # fmt: skip
+            if not isinstance(verdict, Admit):
+                return verdict
+        return Admit()
+
+    def _candidates(
+        self, starting: Service, device: GpuDevice, snap: GpuSnapshot
+    ) -> list[EvictionCandidate]:
+        assert self.manager is not None
+        pins = set(self.manager.config.policy.pin)
+        pids = {n: set(s.tree_pids()) for n, s in self.manager.services.items()}
+        usage = service_usage(attribute(snap, pids)).get(device.index, {})
+        found = []
+        for name, other in self.manager.services.items():
+            if other is starting or not _on_device(other.config, device) or not pids[name]:
+                continue
+            idle = not self.busy(name) and str(other.state) == "ready"
+            found.append(
+                EvictionCandidate(
+                    service=name,
+                    idle_since=(other.last_request or other.ready_since or 0.0) if idle else None,
+                    pinned=bool(pins & _models(other.config)),
+                    vram_bytes=usage.get(name, other.config.spec.vram),
+                    pids=frozenset(pids[name]),
+                )
+            )
+        return found
+
+    async def _evict(self, starting: Service, verdict: Evict) -> None:
+        assert self.manager is not None
+        for name in verdict.services:
+            log.warning("gpu.evict", service=name, for_service=starting.name)
+            await self.manager.get(name).stop("evicted")
+
+    async def wait_released(self, service: Service, pids: list[int]) -> None:
+        if not service.config.gpus or not pids:
+            return
+        started = time.monotonic()
+        if not await self.monitor.wait_released(pids, self.release_wait, interval=0.25):
+            log.warning("gpu.memory_not_released", service=service.name, pids=pids)
+        elif time.monotonic() - started > 0.5:
+            log.info("gpu.memory_released", service=service.name,
+                     waited=round(time.monotonic() - started, 2))  # fmt: skip
+
+    # -- status and pressure -----------------------------------------------------------
+
+    def status(self, config: Config) -> dict[str, Any]:
+        snap = self.last
+        if snap is None:
+            return {"available": False, "reason": "not read yet", "message": "", "gpus": []}
+        assert self.manager is not None
+        pids = {n: set(s.tree_pids()) for n, s in self.manager.services.items()}
+        all_pids = {p for d in snap.devices for p in d.pids()}
+        return snapshot_dict(snap, pids, process_names(all_pids), self.pressure.levels)
+
+    async def run(self, interval: float = 5.0) -> None:
+        """Refresh telemetry and track pressure levels; events are logged on transitions."""
+        while True:
+            snap = await self.refresh()
+            if self.manager is not None:
+                self.pressure.update(snap, self.manager.config.policy.pressure)
+            await asyncio.sleep(interval)
+
+
+def _on_device(svc: ServiceConfig, device: GpuDevice) -> bool:
+    return any(ref in (device.index, device.uuid, str(device.index)) for ref in svc.gpus)
+
+
+def _models(svc: ServiceConfig) -> set[str]:
+    names = set(svc.spec.models)
+    if svc.spec.public_name:
+        names.add(svc.spec.public_name)
+    return names

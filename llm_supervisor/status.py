@@ -1,0 +1,73 @@
+"""The status document behind ``status --json``, the metrics and the status page."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from . import __version__
+from .durations import format_duration
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
+
+
+def build_status(daemon: Daemon) -> dict[str, Any]:
+    manager = daemon.manager
+    config = manager.config
+    services = manager.services_status()
+    policy_view = daemon.gateway.state.policy_status() if daemon.gateway else {}
+    for row in policy_view.get("vllm", []):
+        entry = services.get(row.get("service", ""))
+        if entry is not None:
+            entry["idle"] = row
+    return {
+        "version": __version__,
+        "daemon": {
+            "pid": os.getpid(),
+            "uptime": time.monotonic() - daemon.started_monotonic,
+            "started_at": daemon.started_at,
+            "config_dir": str(daemon.options.config_dir),
+            "gateway": daemon.gateway_address,
+        },
+        "services": services,
+        "gpus": daemon.placement.status(config),
+        "models": policy_view.get("ollama", []),
+        "policy": {
+            "mode": config.policy.keep_alive.mode,
+            "client_unload": config.policy.keep_alive.client_unload,
+            "default": format_duration(config.policy.keep_alive.default),
+            "focus": list(config.policy.focus),
+            "pin": list(config.policy.pin),
+            "rewrites": _rewrites(policy_view.get("stats", {})),
+        },
+        "reload": daemon.reloader.last.to_json() if daemon.reloader else {},
+    }
+
+
+def _rewrites(stats: dict[str, Any]) -> list[dict[str, Any]]:
+    rows: dict[tuple[str, str], int] = {}
+    for key, count in (stats.get("rewrites") or {}).items():
+        model, rule, *_ = f"{key}||".split("|")
+        rows[(model, rule)] = rows.get((model, rule), 0) + int(count)
+    return [{"model": m, "rule": r, "count": n} for (m, r), n in sorted(rows.items())]
+
+
+def summary_line(daemon: Daemon) -> str:
+    """One line for systemd's STATUS=: '3/4 ready; gpu1 loading qwen3-8b 2m10s'."""
+    services = daemon.manager.services.values()
+    ready = sum(1 for s in services if str(s.state) == "ready")
+    parts = [f"{ready}/{len(daemon.manager.services)} ready"]
+    now = time.monotonic()
+    for s in services:
+        state = str(s.state)
+        if state == "starting" and s.starting_since is not None:
+            where = ",".join(f"gpu{g}" for g in s.config.gpus) or "cpu"
+            phase = s.progress.phase if s.progress else "loading"
+            parts.append(
+                f"{where} {phase} {s.name} {format_duration(round(now - s.starting_since))}"
+            )
+        elif state in ("fatal", "backoff"):
+            parts.append(f"{s.name} {state}")
+    return "; ".join(parts)
