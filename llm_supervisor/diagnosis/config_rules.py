@@ -16,11 +16,16 @@ def _quant_hint(found: Found) -> str:
 
 def _capability_hint(found: Found) -> str:
     what = found.text("method", "this quantization")
-    need, have = found.text("min_capability"), found.text("capability")
+    need, have = _cc(found.text("min_capability")), _cc(found.text("capability"))
     return (
         f"{what} needs compute capability {need}, this GPU has {have}: use a model "
         "quantized for this GPU (e.g. GPTQ or GGUF) or another GPU"
     )
+
+
+def _cc(text: str) -> str:
+    """vLLM prints capabilities as integers (80, 61); people say 8.0 and 6.1."""
+    return f"{text[:-1]}.{text[-1]}" if text.isdigit() and len(text) >= 2 else text
 
 
 def _ollama_model_hint(found: Found) -> str:
