@@ -149,3 +149,18 @@ def test_scrape_reads_status_each_time() -> None:
     after = generate_latest(registry).decode()
     line = 'llm_supervisor_service_state{service="qwen3-8b",state="backoff"}'
     assert f"{line} 0.0" in before and f"{line} 1.0" in after
+
+
+def test_extra_collectors_win_on_name_clashes() -> None:
+    """The gateway's keepalive_rewrites (with a ``kind`` label) replaces the status one."""
+    from llm_supervisor.gateway.stats import GatewayStats
+
+    stats = GatewayStats()
+    stats.rewrites[("gpt-oss:120b", "gpt-oss:*", "keep_alive")] += 2
+    text = generate_latest(build_registry(FakeControlBackend(), [stats.collector()])).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert text.count("# TYPE llm_supervisor_keepalive_rewrites_total counter") == 1
+    (sample,) = families["llm_supervisor_keepalive_rewrites"].samples
+    assert sample.labels == {"model": "gpt-oss:120b", "rule": "gpt-oss:*", "kind": "keep_alive"}
+    assert sample.value == 2
+    assert "llm_supervisor_service_up" in families  # the status families are all still there

@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _emit(line: LogLine, timestamps: bool) -> None:
-    stream = sys.stderr if line.stream == "stderr" else sys.stdout
+    stream = sys.stderr if line.stream in ("stderr", "err") else sys.stdout
     print(render_log_line(line, timestamps), file=stream, flush=True)
 
 

@@ -18,10 +18,11 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -140,11 +141,16 @@ class BearerAuth:
 
 
 def create_app(
-    backend: ControlBackend, *, token: str | None = None, closing: asyncio.Event | None = None
+    backend: ControlBackend,
+    *,
+    token: str | None = None,
+    closing: asyncio.Event | None = None,
+    collectors: Sequence[Collector] = (),
 ) -> ASGIApp:
-    """The ASGI app. ``closing`` (set by the server on shutdown) ends follow streams."""
+    """The ASGI app. ``closing`` (set by the server on shutdown) ends follow streams;
+    ``collectors`` (e.g. the gateway's counters) are added to ``/metrics``."""
     ending = closing or asyncio.Event()
-    registry = build_registry(backend)
+    registry = build_registry(backend, collectors)
 
     async def status(_: Request) -> Response:
         return JSONResponse(backend.status())

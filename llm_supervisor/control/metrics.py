@@ -32,10 +32,11 @@ llm_supervisor_service_restarts_total[15m]) > 3``, ``llm_supervisor_service_stat
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric as AnyFamily
 from prometheus_client.registry import Collector
 
 from .. import __version__
@@ -197,8 +198,25 @@ class StatusCollector(Collector):
         yield from model_metrics(status)
 
 
-def build_registry(backend: ControlBackend) -> CollectorRegistry:
+class MergedCollector(Collector):
+    """Other collectors (the gateway's counters) first, then the status families; a name seen
+    twice is dropped, so a richer family elsewhere (``keepalive_rewrites`` with a ``kind``
+    label) replaces the status-derived one instead of breaking the exposition."""
+
+    def __init__(self, collectors: Sequence[Collector]) -> None:
+        self._collectors = collectors
+
+    def collect(self) -> Iterator[AnyFamily]:
+        seen: set[str] = set()
+        for collector in self._collectors:
+            for family in collector.collect():
+                if family.name not in seen:
+                    seen.add(family.name)
+                    yield family
+
+
+def build_registry(backend: ControlBackend, extra: Sequence[Collector] = ()) -> CollectorRegistry:
     """A private registry (never the global one: tests and embedders stay independent)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StatusCollector(backend))
+    registry.register(MergedCollector([*extra, StatusCollector(backend)]))
     return registry

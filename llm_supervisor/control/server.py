@@ -14,10 +14,11 @@ import grp
 import os
 import socket
 import stat
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from pathlib import Path
 
 import uvicorn
+from prometheus_client.registry import Collector
 
 from ..errors import ControlAddressError, ControlError
 from ..logsetup import get_logger
@@ -106,8 +107,10 @@ class ControlServer:
         *,
         token_file: Path | None = None,
         socket_group: str | None = None,
+        collectors: Sequence[Collector] = (),
     ) -> None:
         self.address = address
+        self._collectors = collectors
         self._backend = backend
         self._token = read_token(token_file)
         self._group = socket_group
@@ -142,7 +145,9 @@ class ControlServer:
 
     async def start(self) -> None:
         sock = self._bind()
-        app = create_app(self._backend, token=self._token, closing=self._closing)
+        app = create_app(
+            self._backend, token=self._token, closing=self._closing, collectors=self._collectors
+        )
         config = uvicorn.Config(
             app,
             lifespan="off",
@@ -193,10 +198,13 @@ async def serve_control(
     token_file: Path | None = None,
     socket_group: str | None = None,
     started: asyncio.Event | None = None,
+    collectors: Sequence[Collector] = (),
 ) -> None:
     """Serve until cancelled (run it as a task; cancel it to stop). Raises ControlError /
     ControlAddressError before ``started`` is set when the address cannot be served."""
-    server = ControlServer(backend, address, token_file=token_file, socket_group=socket_group)
+    server = ControlServer(
+        backend, address, token_file=token_file, socket_group=socket_group, collectors=collectors
+    )
     await server.start()
     if started is not None:
         started.set()
