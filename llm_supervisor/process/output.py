@@ -10,7 +10,7 @@ import asyncio
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -79,9 +79,12 @@ class OutputRing:
     def __init__(self, maxlen: int = 2000) -> None:
         self._lines: deque[LogLine] = deque(maxlen=maxlen)
         self._subscribers: set[asyncio.Queue[LogLine]] = set()
+        self.listeners: list[Callable[[LogLine], None]] = []
 
     def append(self, line: LogLine) -> None:
         self._lines.append(line)
+        for listener in self.listeners:
+            listener(line)
         for queue in self._subscribers:
             if queue.qsize() < 10_000:  # a stalled follower loses lines, never memory
                 queue.put_nowait(line)

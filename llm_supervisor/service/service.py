@@ -21,8 +21,9 @@ from ..engines import engine_for
 from ..errors import PortInUseError, StartFailedError
 from ..logsetup import get_logger
 from ..process.child import ChildProcess, ExitStatus
-from ..process.output import OutputRing, RotatingFile
+from ..process.output import LogLine, OutputRing, RotatingFile
 from ..process.ports import port_owner
+from ..progress import Progress, ProgressTracker
 from ..sdnotify import clean_child_env
 from .backoff import decide_restart
 from .deps import ServiceDeps
@@ -60,13 +61,14 @@ class Service:
         self.health_failures = 0
         self.degraded: str | None = None
         self.starting_since: float | None = None
-        self.progress: Any = None  # LoadProgress while starting (progress.py)
+        self._progress: ProgressTracker | None = None
         self._child: ChildProcess | None = None
         self._runner: asyncio.Task[None] | None = None
         self._failure_times: list[float] = []
         self._lifecycle = asyncio.Lock()
         self._changed = asyncio.Event()
         self._sink = self._open_sink()
+        self.ring.listeners.append(self._on_output)
 
     @property
     def name(self) -> str:
@@ -209,6 +211,7 @@ class Service:
     async def _run_once(self) -> Failure:
         if self.state is not State.STARTING:
             self._set_state(State.STARTING, "restart")
+        self._progress = ProgressTracker(self.config.spec.engine, self.deps.clock)
         try:
             async with self.deps.start_gate(self):
                 child = await self._spawn()
@@ -311,6 +314,17 @@ class Service:
                 message = f"{self.health_failures} consecutive health checks failed"
                 return Failure("health", message, was_ready_for=ready_for)
 
+    def _on_output(self, line: LogLine) -> None:
+        if self._progress is not None and self.state is State.STARTING:
+            self._progress.feed(line.text)
+
+    @property
+    def progress(self) -> Progress | None:
+        """The load phase while starting (from the engine's own output), else None."""
+        if self.state is not State.STARTING or self._progress is None:
+            return None
+        return self._progress.current
+
     def _ready_for(self) -> float:
         return self.deps.clock() - self.ready_since if self.ready_since is not None else 0.0
 
@@ -403,8 +417,20 @@ class Service:
             "last_request": self.last_request,
             "degraded": self.degraded,
             "health": {"last_latency": self.health_latency, "failures": self.health_failures},
+            "progress": self._progress_json(),
             "source": self.config.source,
         }
+
+    def _progress_json(self) -> dict[str, Any] | None:
+        if self.state is not State.STARTING or self.starting_since is None:
+            return None
+        now = self.deps.clock()
+        current = self.progress
+        base: dict[str, Any] = {"phase": "starting", "fraction": None, "detail": ""}
+        if current is not None:
+            base = current.to_json(now)
+        base["elapsed"] = round(now - self.starting_since, 3)
+        return base
 
 
 def _create_time(pid: int) -> float:
