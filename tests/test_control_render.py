@@ -14,6 +14,7 @@ from llm_supervisor.control.render import (
     format_duration_short,
     format_exit,
     format_expiry,
+    format_gpu,
     gpu_lines,
     is_ok,
     model_lines,
@@ -76,6 +77,7 @@ def test_table_alignment_ignores_colour_codes() -> None:
 def test_selection_and_readiness() -> None:
     status = initial_status()
     assert list(select_services(status, ["ollama"])) == ["ollama"]
+    assert format_gpu([]) == "cpu" and format_gpu([0, 1]) == "0,1" and format_gpu(None) == "-"
     assert list(select_services(status, [])) == ["qwen3-8b", "ollama", "tiny", "broken"]
     with pytest.raises(UnknownServiceError):
         select_services(status, ["nope"])
@@ -124,6 +126,7 @@ def test_model_lines_and_expiry() -> None:
 
 def test_reload_lines() -> None:
     assert reload_lines(None, T0, False) == ["last reload: none since start"]
+    assert reload_lines({"result": "none"}, T0, False) == ["last reload: none since start"]
     rejected = {"result": "rejected", "at": T0 - 120, "errors": ["gpu1.yaml:3:1: bad"]}
     assert reload_lines(rejected, T0, False) == [
         "last reload: rejected 2m ago",

@@ -80,7 +80,9 @@ def service_metrics(services: dict[str, Any]) -> list[Metric]:
         up.add_metric([name, str(svc.get("engine", ""))], 1.0 if current == "ready" else 0.0)
         for each in SERVICE_STATES:
             state.add_metric([name, each], 1.0 if each == current else 0.0)
-        by_reason = svc.get("restarts_by_reason") or {"unspecified": svc.get("restarts", 0)}
+        by_reason = svc.get("restarts_by_reason")
+        if by_reason is None:  # a backend without the breakdown: the total, reason unknown
+            by_reason = {"unspecified": svc.get("restarts", 0)}
         for reason, count in sorted(by_reason.items()):
             restarts.add_metric([name, str(reason)], float(count or 0))
         last_exit = svc.get("last_exit") or {}

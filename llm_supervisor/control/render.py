@@ -66,7 +66,7 @@ def format_gpu(gpu: Any) -> str:
     if gpu is None:
         return "-"
     if isinstance(gpu, list):
-        return ",".join(str(g) for g in gpu) or "-"
+        return ",".join(str(g) for g in gpu) or "cpu"
     return str(gpu)
 
 
@@ -219,7 +219,7 @@ def model_lines(models: Sequence[Mapping[str, Any]], now: float, color: bool) ->
 
 
 def reload_lines(reload: Mapping[str, Any] | None, now: float, color: bool) -> list[str]:
-    if not reload or not reload.get("result"):
+    if not reload or reload.get("result") in (None, "", "none"):
         return ["last reload: none since start"]
     result = str(reload["result"])
     at = reload.get("at")
