@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CONFIG ?= profiles
 ARGS   ?=
 
-.PHONY: run test lint typecheck pytest bench check clean deps-system
+.PHONY: run test lint typecheck pytest bench check schema clean deps-system
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ run: $(VENV)/.installed
 
 check: $(VENV)/.installed
 	$(BIN)/llm-supervisor check --config-dir $(CONFIG)
+
+# JSON schemas for editors; tests/test_schema_files.py fails when these are stale.
+schema: $(VENV)/.installed
+	$(BIN)/llm-supervisor schema --write schema
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check llm_supervisor tests bench

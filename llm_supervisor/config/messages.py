@@ -29,7 +29,8 @@ _EXPECTED = {
     "float_type": "a number", "float_parsing": "a number", "string_type": "a string",
     "bool_type": "true or false", "bool_parsing": "true or false",
     "dict_type": "a mapping (key: value)", "list_type": "a list", "tuple_type": "a list",
-    "none_required": "nothing",
+    "none_required": "nothing", "model_type": "a mapping (key: value)",
+    "model_attributes_type": "a mapping (key: value)",
 }  # fmt: skip
 _BOUNDS = {
     "greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<",

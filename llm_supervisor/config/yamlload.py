@@ -61,7 +61,10 @@ def _mark(node: yaml.Node) -> Mark:
 
 def load_yaml(text: str) -> LoadedYaml:
     """Parse one YAML document; raise YamlSyntaxError with a position on any problem."""
-    loader = _StrictLoader(text)
+    try:
+        loader = _StrictLoader(text)  # the reader already rejects control characters
+    except yaml.reader.ReaderError as exc:
+        raise _reader_error(text, exc) from None
     try:
         node = loader.get_single_node()
         result = LoadedYaml(data=None)
@@ -72,12 +75,21 @@ def load_yaml(text: str) -> LoadedYaml:
         mark = exc.problem_mark or exc.context_mark
         where = Mark(mark.line + 1, mark.column + 1) if mark else Mark(1, 1)
         raise YamlSyntaxError(_describe(exc), where) from None
+    except yaml.reader.ReaderError as exc:
+        raise _reader_error(text, exc) from None
     except yaml.YAMLError as exc:
         raise YamlSyntaxError(f"YAML error: {str(exc).splitlines()[0]}", Mark(1, 1)) from None
     except RecursionError:
         raise YamlSyntaxError("YAML nesting is too deep", Mark(1, 1)) from None
     finally:
         loader.dispose()
+
+
+def _reader_error(text: str, exc: yaml.reader.ReaderError) -> YamlSyntaxError:
+    before = text[: exc.position]
+    where = Mark(before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1)
+    char = exc.character if isinstance(exc.character, int) else 0
+    return YamlSyntaxError(f"control character U+{char:04X} is not allowed in YAML", where)
 
 
 def _describe(exc: yaml.MarkedYAMLError) -> str:
