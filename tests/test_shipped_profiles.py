@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from llm_supervisor.cli import main
 from llm_supervisor.config.load import config_files, load_config
@@ -75,7 +76,7 @@ def test_examples_load(example: Path, tmp_path: Path) -> None:
 def test_every_field_is_shown_in_the_shipped_profiles() -> None:
     """The examples are the documentation operators read first; none may go missing."""
     text = "\n".join(p.read_text(encoding="utf-8") for p in config_files(PROFILES))
-    models = [ProfileFile, ServiceSpec, HealthSpec, RestartSpec, Policy, KeepAlivePolicy,
+    models: list[type[BaseModel]] = [ProfileFile, ServiceSpec, HealthSpec, RestartSpec, Policy, KeepAlivePolicy,
               PressureSpec]  # fmt: skip
     missing = [
         f"{model.__name__}.{name}"
