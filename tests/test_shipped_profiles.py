@@ -76,8 +76,9 @@ def test_examples_load(example: Path, tmp_path: Path) -> None:
 def test_every_field_is_shown_in_the_shipped_profiles() -> None:
     """The examples are the documentation operators read first; none may go missing."""
     text = "\n".join(p.read_text(encoding="utf-8") for p in config_files(PROFILES))
-    models: list[type[BaseModel]] = [ProfileFile, ServiceSpec, HealthSpec, RestartSpec, Policy, KeepAlivePolicy,
-              PressureSpec]  # fmt: skip
+    models: list[type[BaseModel]] = [
+        ProfileFile, ServiceSpec, HealthSpec, RestartSpec, Policy, KeepAlivePolicy, PressureSpec,
+    ]  # fmt: skip
     missing = [
         f"{model.__name__}.{name}"
         for model in models
