@@ -1,0 +1,137 @@
+"""GPU placement in the supervision core, with the fake NVML backend and fake engines."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llm_supervisor.config.models import Config, ServiceConfig
+from llm_supervisor.errors import StartFailedError
+from llm_supervisor.gate import StartGate
+from llm_supervisor.gpu.fake import FakeDevice, FakeNvmlBackend
+from llm_supervisor.gpu.nvml import GpuMonitor
+from llm_supervisor.manager import Manager
+from llm_supervisor.placement import Placement
+from llm_supervisor.process.registry import GroupRegistry
+from llm_supervisor.service.states import State
+
+from .conftest import fake_service
+
+GIB = 2**30
+UUID = "GPU-11111111-2222-3333-4444-555555555555"
+pytestmark = pytest.mark.timeout(60)
+
+
+class LiveGpu(FakeNvmlBackend):
+    """One 80 GiB GPU whose processes are the live services with their declared budget."""
+
+    def __init__(self) -> None:
+        super().__init__([FakeDevice(uuid=UUID, total=80 * GIB)])
+        self.manager: Manager | None = None
+
+    def processes(self, index: int) -> list[tuple[int, int | None]]:
+        assert self.manager is not None
+        return [
+            (s.pid, s.config.spec.vram)
+            for s in self.manager.services.values()
+            if s.pid is not None and s.config.spec.vram
+        ]
+
+    def memory(self, index: int) -> tuple[int, int, int]:
+        used = sum(m or 0 for _, m in self.processes(index))
+        return 80 * GIB, used, 80 * GIB - used
+
+
+def on_gpu0(svc: ServiceConfig, vram_gib: int) -> ServiceConfig:
+    """On GPU 0, claiming ``vram_gib`` (vLLM: as gpu-memory-utilization of the 80 GiB)."""
+    args = {**svc.spec.args, "gpu-memory-utilization": vram_gib / 80}
+    spec = svc.spec.model_copy(update={"vram": vram_gib * GIB, "args": args})
+    return svc.model_copy(update={"gpus": (0,), "spec": spec})
+
+
+@pytest.fixture
+async def placed(
+    state_dir: Path, tmp_path: Path
+) -> AsyncIterator[Callable[..., tuple[Manager, Placement]]]:
+    made: list[Manager] = []
+
+    def make(*services: ServiceConfig, **policy: Any) -> tuple[Manager, Placement]:
+        gpu = LiveGpu()
+        placement = Placement(GpuMonitor(gpu), release_wait=2.0)
+        config = Config.model_validate(
+            {"services": {s.name: s for s in services}, "policy": policy}
+        )
+        manager = Manager(
+            config, registry=GroupRegistry(state_dir), log_dir=tmp_path / "logs",
+            gate=StartGate(admit=placement.admit),
+            deps_overrides={"cuda_devices": placement.cuda_devices,
+                            "wait_released": placement.wait_released},
+        )  # fmt: skip
+        gpu.manager = placement.manager = manager
+        made.append(manager)
+        return manager, placement
+
+    yield make
+    for manager in made:
+        await manager.shutdown(5.0)
+        await manager.http.aclose()
+
+
+async def test_evicts_idle_service_lru(placed: Any) -> None:
+    old = on_gpu0(fake_service("old"), 40)
+    new = on_gpu0(fake_service("new"), 50)
+    manager, _ = placed(old, new)
+    await manager.get("old").start()
+    await manager.get("new").start()
+    assert manager.get("new").state is State.READY
+    assert manager.get("old").state is State.STOPPED
+    assert manager.get("old").reason == "evicted"
+
+
+async def test_refuses_with_numbers_when_holder_is_pinned(placed: Any) -> None:
+    pinned = on_gpu0(fake_service("big", model="big-model"), 40)
+    new = on_gpu0(fake_service("new", restart={"max_failures": 1}), 50)
+    manager, _ = placed(pinned, new, pin=["big-model"])
+    await manager.get("big").start()
+    with pytest.raises(StartFailedError) as info:
+        await manager.get("new").start()
+    assert info.value.cause == "insufficient_free_memory"
+    message = manager.get("new").reason
+    assert "GPU 0" in message and "51200 MiB" in message and "40960 MiB free" in message
+    assert f"pid {manager.get('big').pid}" in message
+    assert manager.get("big").state is State.READY
+
+
+async def test_cuda_visible_devices_uses_uuid(placed: Any) -> None:
+    manager, placement = placed(on_gpu0(fake_service("a"), 10))
+    await placement.refresh()
+    assert placement.cuda_devices(manager.get("a").config) == UUID
+    await manager.get("a").start()
+    environ = Path(f"/proc/{manager.get('a').pid}/environ").read_bytes().split(b"\0")  # noqa: ASYNC240
+    assert f"CUDA_VISIBLE_DEVICES={UUID}".encode() in environ
+    assert not any(e.startswith(b"NOTIFY_SOCKET=") for e in environ)
+
+
+async def test_starts_on_one_gpu_are_serialized(placed: Any) -> None:
+    first = on_gpu0(fake_service("first", "--startup-delay", "0.5"), 10)
+    second = on_gpu0(fake_service("second", "--startup-delay", "0.5"), 10)
+    manager, _ = placed(first, second)
+    spawned: dict[str, float] = {}
+    ready: dict[str, float] = {}
+
+    def record(service: Any, old: State, new: State, reason: str) -> None:
+        if new is State.READY:
+            ready[service.name] = asyncio.get_running_loop().time()
+
+    manager.listeners.append(record)
+    await asyncio.gather(manager.get("first").start(), manager.get("second").start())
+    for name in ("first", "second"):
+        child_started = manager.get(name)._child.started_at  # type: ignore[union-attr]
+        spawned[name] = child_started
+    early, late = sorted(spawned, key=spawned.__getitem__)
+    # The later engine was spawned only after the earlier one was ready.
+    assert spawned[late] >= ready[early] - 0.01
