@@ -73,13 +73,19 @@ class GroupRegistry:
     async def kill_orphans(self, timeout: float = 10.0) -> list[int]:
         """Kill every process a previous daemon on this state dir left behind."""
         victims: set[ProcRef] = find_marked(self.marker_prefix, prefix=True)
+        groups = []
         for rec in self.records():
             ref = ProcRef(int(str(rec["pid"])), float(str(rec["create_time"])))
             if ref.alive() is not None:
-                killpg(int(str(rec["pgid"])), signal.SIGKILL)
+                groups.append(int(str(rec["pgid"])))
                 victims.add(ref)
-        killed = kill_refs(victims, signal.SIGKILL)
-        for ref in killed:
+        # Decide who is a victim before killing anyone: after killpg a group's members are
+        # zombies, and kill_refs would skip (and we would not log) them.
+        killed = [ref for ref in victims if ref.alive() is not None]
+        for pgid in groups:
+            killpg(pgid, signal.SIGKILL)
+        kill_refs(set(killed), signal.SIGKILL)
+        for ref in sorted(killed, key=lambda r: r.pid):
             log.warning("orphan.killed", pid=ref.pid, marker_env=MARKER_ENV)
         deadline = time.monotonic() + timeout
         while any(r.alive() for r in killed) and time.monotonic() < deadline:

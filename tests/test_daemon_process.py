@@ -1,0 +1,317 @@
+"""The daemon as a real subprocess: crash recovery, ordered shutdown, config errors, noisy children.
+
+Each test writes a profile of fake engines (tests/fakes/fake_engine.py), runs
+``python -m llm_supervisor.cli run`` on a temporary state dir and reads its JSON log. The
+``daemons`` fixture kills every daemon and every marked engine process in teardown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import yaml
+
+from llm_supervisor.process.tree import MARKER_ENV, ProcRef, find_marked, kill_refs
+
+from .conftest import FAKE_ENGINE, free_port
+
+pytestmark = pytest.mark.timeout(90)
+
+Event = dict[str, Any]
+
+
+def engine(*flags: str, **spec: Any) -> dict[str, Any]:
+    """A vLLM-like service spec running the fake engine with misbehaviour ``flags``."""
+    data: dict[str, Any] = {
+        "engine": "vllm", "port": free_port(),
+        "command": [sys.executable, FAKE_ENGINE, *flags],
+        "health": {"interval": 0.5, "timeout": 1.0, "startup_timeout": 20},
+        "restart": {"backoff_initial": 0.05, "backoff_max": 0.2},
+        "stop_timeout": 1.0,
+    }  # fmt: skip
+    data.update(spec)
+    return data
+
+
+class DaemonProcess:
+    """One ``llm-supervisor run`` subprocess and its JSON log (stderr, one event a line)."""
+
+    def __init__(
+        self,
+        root: Path,
+        state_dir: Path,
+        services: Mapping[str, dict[str, Any]],
+        env: Mapping[str, str] | None = None,
+        args: tuple[str, ...] = (),
+    ) -> None:
+        self.root = root
+        self.state_dir = state_dir
+        self.config_dir = root / "config"
+        self.log_dir = root / "logs"
+        self.control = f"unix:{state_dir / 'control.sock'}"
+        self.config_dir.mkdir(parents=True, exist_ok=True)
+        for model, spec in services.items():
+            spec.setdefault("model", model)
+        profile = {"gpu": "cpu", "services": dict(services)}
+        (self.config_dir / "cpu.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+        self.log_path = root / f"daemon-{time.monotonic_ns()}.log"
+        self.names = list(services)
+        argv = [
+            sys.executable, "-m", "llm_supervisor.cli", "run",
+            "--config-dir", str(self.config_dir), "--state-dir", str(state_dir),
+            "--log-dir", str(self.log_dir), "--control", self.control, "--gateway", "off",
+            "--no-watch", "--log-format", "json", *args,
+        ]  # fmt: skip
+        full_env = {**os.environ, **(env or {})}
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                         env=full_env)  # fmt: skip
+
+    # -- the log -----------------------------------------------------------------------
+
+    def events(self, name: str | None = None) -> list[Event]:
+        found = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and (name is None or event.get("event") == name):
+                found.append(event)
+        return found
+
+    def wait_for(self, accept: Callable[[list[Event]], bool], timeout: float = 30.0) -> None:
+        """Poll the log (the daemon's only outward event stream) until ``accept`` holds."""
+        deadline = time.monotonic() + timeout
+        while not accept(self.events()):
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.output()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out; daemon log:\n{self.output()[-4000:]}")
+            time.sleep(0.02)
+
+    def wait_ready(self, names: list[str] | None = None, timeout: float = 30.0) -> None:
+        wanted = set(names or self.names)
+
+        def all_ready(events: list[Event]) -> bool:
+            current: dict[str, str] = {}
+            for e in events:
+                if e.get("event") == "service.state":
+                    current[e["service"]] = e["new"]
+            return all(current.get(n) == "ready" for n in wanted)
+
+        self.wait_for(all_ready, timeout)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    # -- processes ---------------------------------------------------------------------
+
+    def engine_refs(self) -> set[ProcRef]:
+        """Every live process carrying this state dir's marker (engines and descendants)."""
+        return find_marked(f"{self.state_dir.resolve()}::", prefix=True)
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        return self.proc.wait(timeout)
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
+    made: list[DaemonProcess] = []
+
+    def start(
+        services: Mapping[str, dict[str, Any]],
+        *,
+        state_dir: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        args: tuple[str, ...] = (),
+    ) -> DaemonProcess:
+        root = tmp_path / f"d{len(made)}"
+        state = state_dir or tmp_path / "state"
+        state.mkdir(parents=True, exist_ok=True)
+        daemon = DaemonProcess(root, state, services, env, args)
+        made.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in made:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+            daemon.proc.wait(10)
+    for daemon in made:  # engines of killed daemons survive them (that is what we test)
+        refs = daemon.engine_refs()
+        kill_refs(refs)
+        psutil.wait_procs([p for r in refs if (p := r.alive()) is not None], timeout=5)
+
+
+def alive(refs: set[ProcRef]) -> set[ProcRef]:
+    return {r for r in refs if r.alive() is not None}
+
+
+# -- kill -9 of the daemon -------------------------------------------------------------
+
+
+def test_kill_9_of_daemon_then_next_daemon_kills_the_orphans(
+    daemons: Callable[..., DaemonProcess],
+) -> None:
+    services = {
+        # Ignoring SIGTERM defeats setpriv --pdeathsig TERM: only the sweep can end these.
+        "stubborn": engine("--ignore-term", "--setsid-children", "2", "--children", "1"),
+        "stubborn2": engine("--ignore-term", "--children", "2"),
+        "plain": engine(),
+    }
+    first = daemons(services)
+    first.wait_ready()
+    # Grandchildren are spawned before the server starts, so they exist by now.
+    first_gen = first.engine_refs()
+    assert len(first_gen) == 3 + 3 + 2, first_gen
+    setsid = [
+        r for r in first_gen if os.getsid(r.pid) == r.pid and _marker(r).endswith("::stubborn")
+    ]
+    assert len(setsid) >= 2  # the setsid grandchildren left the engine's group and session
+
+    first.signal(signal.SIGKILL)
+    assert first.wait() == -signal.SIGKILL
+    survivors = alive(first_gen)
+    assert len(survivors) >= 6, "engines ignoring SIGTERM must outlive the daemon"
+
+    second = daemons(services, state_dir=first.state_dir)
+    second.wait_ready()  # same ports: the new engines only bind once the old ones are gone
+    assert not alive(first_gen), f"first daemon's processes survived: {alive(first_gen)}"
+    events = second.events()
+    killed = {e["pid"] for e in events if e.get("event") == "orphan.killed"}
+    assert {r.pid for r in survivors} <= killed
+    order = [e.get("event") for e in events]
+    last_kill = max(i for i, name in enumerate(order) if name == "orphan.killed")
+    assert last_kill < order.index("service.spawned"), "orphans are killed before any start"
+    assert len(second.engine_refs()) == 8  # the new generation, complete
+
+
+def _marker(ref: ProcRef) -> str:
+    proc = ref.alive()
+    return proc.environ().get(MARKER_ENV, "") if proc is not None else ""
+
+
+# -- ordered shutdown ------------------------------------------------------------------
+
+
+def _ten_services() -> dict[str, dict[str, Any]]:
+    services = {f"s{i}": engine() for i in range(4)}
+    services |= {f"kids{i}": engine("--children", "2") for i in range(2)}
+    services |= {
+        f"stubborn{i}": engine("--ignore-term", "--setsid-children", "1") for i in range(3)
+    }
+    # Its own grace (60 s) is beyond the shared deadline: the deadline must win.
+    services["hopeless"] = engine("--ignore-term", "--children", "1", stop_timeout=60)
+    return services
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_shutdown_of_ten_services_within_deadline_leaves_nothing(
+    daemons: Callable[..., DaemonProcess], sig: int
+) -> None:
+    deadline = 3.0
+    daemon = daemons(_ten_services(), args=("--shutdown-timeout", str(deadline)))
+    daemon.wait_ready(timeout=60)
+    tree = daemon.engine_refs()
+    assert len(tree) == 10 + 4 + 3 + 1
+
+    started = time.monotonic()
+    daemon.signal(sig)
+    code = daemon.wait(timeout=deadline + 10)
+    elapsed = time.monotonic() - started
+
+    assert code == 0, daemon.output()[-3000:]
+    # The deadline bounds the stops; the SIGKILL backstop and exit add only milliseconds.
+    assert elapsed < deadline + 1.0, f"shutdown took {elapsed:.2f}s"
+    assert elapsed >= 0.9, "stubborn engines get their 1 s grace before SIGKILL"
+    assert not alive(tree), alive(tree)
+    assert not daemon.engine_refs()
+    events = daemon.events()
+    stopped = {e["service"] for e in events if e.get("event") == "service.state"
+               and e.get("new") == "stopped"}  # fmt: skip
+    assert stopped >= set(daemon.names) - {"hopeless"}
+    assert any(e.get("event") == "daemon.stopped" for e in events)
+    assert not list((daemon.state_dir / "groups").glob("*.json")), "registry emptied"
+
+
+# -- config errors ---------------------------------------------------------------------
+
+
+def test_config_error_at_start_exits_78_and_starts_nothing(
+    daemons: Callable[..., DaemonProcess],
+) -> None:
+    services = {"good": engine(), "bad": engine(bogus_key=1)}
+    daemon = daemons(services)
+    assert daemon.wait() == 78
+    text = daemon.output()
+    assert "cpu.yaml:" in text and "bogus_key" in text
+    assert "config rejected" in text
+    assert not daemon.engine_refs()
+    assert not any(e.get("event") == "service.spawned" for e in daemon.events())
+    assert not (daemon.state_dir / "control.sock").exists()
+    assert not daemon.log_dir.exists() or not list(daemon.log_dir.iterdir())
+
+
+# -- noisy children --------------------------------------------------------------------
+
+
+def test_daemon_survives_flooding_and_giant_lines(daemons: Callable[..., DaemonProcess]) -> None:
+    size = 300_000
+    services = {
+        "noisy": engine("--flood", "5000", "--long-line", str(size)),
+        # Crashes at start after a 300 KB line: diagnosis reads that output every time.
+        "crasher": engine("--long-line", str(size), "--fail-with", "boom",
+                          restart={"backoff_initial": 0.05, "backoff_max": 0.1,
+                                   "max_failures": 3}),
+    }  # fmt: skip
+    daemon = daemons(services)
+    daemon.wait_ready(["noisy"])
+    daemon.wait_for(lambda ev: any(e.get("new") == "fatal" for e in ev))
+    time.sleep(1.0)  # let the flood run while we ask the daemon questions
+    started = time.monotonic()
+    status = _status(daemon)
+    assert time.monotonic() - started < 5.0
+    assert status["services"]["noisy"]["state"] == "ready"
+    assert status["services"]["crasher"]["state"] == "fatal"
+    assert status["services"]["crasher"]["last_exit"]["code"] == 1
+    assert daemon.proc.poll() is None
+    with (daemon.log_dir / "noisy.log").open("rb") as fh:
+        lengths = [len(line) for line in fh]
+    assert size + 1 in lengths, "the giant line is kept whole in the log file"
+    assert sum(1 for n in lengths if n < 100) > 1000, "the flood reached the log file"
+    tail = _logs(daemon, "noisy")
+    assert "noise" in tail
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0
+
+
+def _cli(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "llm_supervisor.cli", *args, "--control", daemon.control]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
+
+
+def _status(daemon: DaemonProcess) -> dict[str, Any]:
+    result = _cli(daemon, "status", "--json")
+    assert result.returncode in (0, 3), result.stderr
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
+
+
+def _logs(daemon: DaemonProcess, name: str) -> str:
+    result = _cli(daemon, "logs", name, "-n", "50")
+    assert result.returncode == 0, result.stderr
+    return result.stdout
