@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .errors import ConfigError, DaemonUnreachableError, SupervisorError
+from .logsetup import configure_logging
 
 EX_OK = 0
 EX_NOT_READY = 3
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "run":
+        # Client commands print their own results; library events only when they are errors.
+        configure_logging("auto", "error")
     try:
         code: int = args.handler(args)
     except ConfigError as exc:

@@ -147,6 +147,7 @@ class Daemon:
         self._spawn(group, "control", serve_control(
             self.backend, self.options.control, token_file=self.options.token_file,
             socket_group=self.options.socket_group, started=control_up,
+            collectors=[self.gateway.stats.collector()] if self.gateway else (),
         ))  # fmt: skip
         waits = [control_up.wait()]
         if self.gateway is not None and self.options.gateway is not None:

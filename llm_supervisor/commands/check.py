@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from pathlib import Path
 
@@ -13,10 +14,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..cli import default_config_dir
 
     parser.add_argument("--config-dir", type=Path, default=Path(default_config_dir()))
+    parser.add_argument(
+        "--no-gpus", dest="gpus", action="store_false",
+        help="do not ask NVML (check without the GPUs' facts, as on a build machine)",
+    )  # fmt: skip
+
+
+def gpu_totals() -> tuple[dict[int | str, int] | None, str | None]:
+    """Memory of each GPU when NVML answers, so budgets and GPU references can be checked."""
+    from ..gpu.fake import make_backend
+    from ..gpu.nvml import GpuMonitor
+
+    async def read() -> tuple[dict[int | str, int] | None, str | None]:
+        monitor = GpuMonitor(make_backend(), timeout=5.0)
+        try:
+            snap = await monitor.snapshot()
+        finally:
+            monitor.close()
+        return snap.totals(), None if snap.available else snap.message
+
+    return asyncio.run(read())
 
 
 def run(args: argparse.Namespace) -> int:
-    config, warnings = load_config(args.config_dir)
+    totals, unavailable = gpu_totals() if args.gpus else (None, "not asked (--no-gpus)")
+    if unavailable:
+        print(f"note: {unavailable}; GPU existence and memory budgets not checked", file=sys.stderr)
+    config, warnings = load_config(args.config_dir, totals)
     for issue in warnings:
         print(f"warning: {issue.format()}", file=sys.stderr)
     count = len(config.services)
