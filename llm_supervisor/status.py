@@ -33,7 +33,7 @@ def build_status(daemon: Daemon) -> dict[str, Any]:
         },
         "services": services,
         "gpus": daemon.placement.status(config),
-        "models": policy_view.get("ollama", []),
+        "models": [_model_row(row, config) for row in policy_view.get("ollama", [])],
         "policy": {
             "mode": config.policy.keep_alive.mode,
             "client_unload": config.policy.keep_alive.client_unload,
@@ -44,6 +44,11 @@ def build_status(daemon: Daemon) -> dict[str, Any]:
         },
         "reload": daemon.reloader.last.to_json() if daemon.reloader else {},
     }
+
+
+def _model_row(row: dict[str, Any], config: Any) -> dict[str, Any]:
+    """The gateway's view of one Ollama model, with the schema's names."""
+    return {**row, "name": row.get("model"), "pinned": row.get("model") in config.policy.pin}
 
 
 def _rewrites(stats: dict[str, Any]) -> list[dict[str, Any]]:

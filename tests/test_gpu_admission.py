@@ -204,11 +204,11 @@ def test_attribute_maps_every_tree_pid_and_keeps_unknown_processes() -> None:
     assert service_usage(by_gpu) == {0: {"qwen": 31 * GIB, "ollama": 0}, 1: {"qwen": GIB}}
     data = snapshot_dict(snap, pids, names={500: "stray"}, pressure={0: "warning"})
     gpu0 = data["gpus"][0]
-    assert gpu0["services"] == ["ollama", "qwen"] and gpu0["pressure"] == "warning"
+    assert gpu0["services"] == {"ollama": 0, "qwen": 31 * GIB} and gpu0["pressure"] == "warning"
     assert gpu0["processes"][1] == {
         "pid": 500,
         "name": "stray",
-        "used_memory": 2 * GIB,
+        "used": 2 * GIB,
         "service": None,
     }
 

@@ -329,4 +329,4 @@ def test_gpus_renders_the_fake(tmp_path: Path) -> None:
     assert lines[1] == "  memory: 3.0 GiB used (4%) of 80.0 GiB, 77.0 GiB free"
     assert "3072 MiB" in lines[3] and "999999999" in lines[4]
     data = json.loads(run_gpus("--json", env={ENV_VAR: str(path)}).stdout)
-    assert data["gpus"][0]["processes"][0]["used_memory"] == 3 * GIB
+    assert data["gpus"][0]["processes"][0]["used"] == 3 * GIB

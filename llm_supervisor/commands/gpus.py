@@ -67,7 +67,8 @@ def _render_gpu(gpu: dict[str, Any]) -> str:
     if gpu.get("error"):
         lines.append(f"  unavailable: {gpu['error']}")
         return "\n".join(lines)
-    total, used, free = gpu["memory_total"], gpu["memory_used"], gpu["memory_free"]
+    memory_info = gpu["memory"]
+    total, used, free = memory_info["total"], memory_info["used"], memory_info["free"]
     share = f" ({used / total:.0%})" if total else ""
     memory = f"  memory: {_gib(used)} used{share} of {_gib(total)}, {_gib(free)} free"
     if gpu.get("pressure"):
@@ -83,5 +84,5 @@ def _render_gpu(gpu: dict[str, Any]) -> str:
         for p in procs:
             service = p.get("service") or "-"
             name = p.get("name") or "?"
-            lines.append(f"  {p['pid']:>8}  {_mib(p['used_memory']):>10}  {service:<20}  {name}")
+            lines.append(f"  {p['pid']:>8}  {_mib(p['used']):>10}  {service:<20}  {name}")
     return "\n".join(lines)

@@ -81,18 +81,20 @@ def snapshot_dict(
                 "uuid": dev.uuid,
                 "name": dev.name,
                 "pci_bus_id": dev.pci_bus_id,
-                "memory_total": dev.memory_total,
-                "memory_used": dev.memory_used,
-                "memory_free": dev.memory_free,
+                "memory": {
+                    "total": dev.memory_total,
+                    "used": dev.memory_used,
+                    "free": dev.memory_free,
+                },
                 "error": dev.error,
                 "process_error": dev.process_error,
                 "pressure": (pressure or {}).get(dev.index),
-                "services": sorted({u.service for u in uses if u.service is not None}),
+                "services": _bytes_by_service(uses),
                 "processes": [
                     {
                         "pid": u.pid,
                         "name": names.get(u.pid),
-                        "used_memory": u.used_memory,
+                        "used": u.used_memory,
                         "service": u.service,
                     }
                     for u in uses
@@ -106,3 +108,12 @@ def snapshot_dict(
         "taken_at": snapshot.taken_at,
         "gpus": gpus,
     }
+
+
+def _bytes_by_service(uses: list[ProcessUse]) -> dict[str, int]:
+    """GPU memory per service (its EngineCore/Worker children included), by name."""
+    totals: dict[str, int] = {}
+    for use in uses:
+        if use.service is not None:
+            totals[use.service] = totals.get(use.service, 0) + (use.used_memory or 0)
+    return dict(sorted(totals.items()))
