@@ -11,62 +11,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config.load import fingerprint
+from .config.diff import LAUNCH_FIELDS as LAUNCH_FIELDS
+from .config.diff import ConfigDiff as ConfigDiff
+from .config.diff import diff_configs as diff_configs
+from .config.diff import keep_rollbacks as keep_rollbacks
+from .config.diff import launch_changed as launch_changed
+from .config.load import config_files, fingerprint
 from .config.models import Config, ServiceConfig
-from .errors import ConfigError, StartFailedError
+from .errors import ConfigError, ConfigIssue, StartFailedError
 from .logsetup import get_logger
 from .manager import Manager
 
 log = get_logger(__name__)
 
-# A change in any of these restarts the service; anything else is applied live.
-LAUNCH_FIELDS = ("engine", "model", "served_name", "command", "args", "env", "port")
 HALF_WRITTEN_RETRY = 0.25  # an editor caught mid-write gets one more look after this
-
-
-@dataclass(frozen=True)
-class ConfigDiff:
-    added: tuple[str, ...] = ()
-    removed: tuple[str, ...] = ()
-    restarted: tuple[str, ...] = ()
-    updated: tuple[str, ...] = ()
-    policy_changed: bool = False
-
-    @property
-    def empty(self) -> bool:
-        return not (self.added or self.removed or self.restarted or self.updated) and not (
-            self.policy_changed
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "started": list(self.added),
-            "stopped": list(self.removed),
-            "restarted": list(self.restarted),
-            "updated": list(self.updated),
-            "policy": self.policy_changed,
-        }
-
-
-def launch_changed(old: ServiceConfig, new: ServiceConfig) -> bool:
-    if old.gpus != new.gpus:
-        return True
-    return any(getattr(old.spec, f) != getattr(new.spec, f) for f in LAUNCH_FIELDS)
-
-
-def diff_configs(old: Config, new: Config) -> ConfigDiff:
-    """Pure: which services to start, stop, restart or update in place."""
-    names_old, names_new = set(old.services), set(new.services)
-    common = sorted(names_old & names_new)
-    changed = [n for n in common if old.services[n] != new.services[n]]
-    relaunch = [n for n in changed if launch_changed(old.services[n], new.services[n])]
-    return ConfigDiff(
-        added=tuple(sorted(names_new - names_old)),
-        removed=tuple(sorted(names_old - names_new)),
-        restarted=tuple(relaunch),
-        updated=tuple(n for n in changed if n not in relaunch),
-        policy_changed=old.policy != new.policy,
-    )
+SETTLE_READS = 5  # re-reads while files keep changing under the loader, then give up
 
 
 @dataclass
@@ -111,7 +70,8 @@ class Reloader:
         self._fingerprint = fingerprint(config_dir)
         self._wake = asyncio.Event()
         self._waiters: list[asyncio.Future[dict[str, Any]]] = []
-        self._watchers: set[asyncio.Task[None]] = set()
+        self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._rolled_back: dict[str, tuple[ServiceConfig, ServiceConfig]] = {}
 
     def request(self) -> asyncio.Future[dict[str, Any]]:
         """Ask for a reload; the future resolves with the result of the reload that ran."""
@@ -140,17 +100,19 @@ class Reloader:
             new = self.load()
         except ConfigError as exc:
             return {"result": "rejected", "errors": _errors(exc), "changes": {}}
-        diff = diff_configs(self.manager.config, new)
+        diff = diff_configs(self.manager.config, keep_rollbacks(new, self._rolled_back)[0])
         return {"result": "unchanged" if diff.empty else "dry-run", "errors": [],
                 "changes": diff.to_json()}  # fmt: skip
 
     async def reload_now(self) -> dict[str, Any]:
         self.on_reloading()
-        self._fingerprint = fingerprint(self.config_dir)
         try:
-            new = await self._load_with_retry()
+            loaded = await self._load_settled()
         except ConfigError as exc:
             return self._finish("rejected", errors=_errors(exc))
+        new, over = keep_rollbacks(loaded, self._rolled_back)
+        for name in over:
+            self._end_rollback(name)
         diff = diff_configs(self.manager.config, new)
         if diff.empty:
             return self._finish("unchanged")
@@ -161,12 +123,44 @@ class Reloader:
         """For the file watcher: a touch or chmod leaves the content hash as it was."""
         return fingerprint(self.config_dir) != self._fingerprint
 
-    async def _load_with_retry(self) -> Config:
+    async def _load_settled(self) -> Config:
+        """Load from files that held still during the read; a failure gets one more look.
+
+        An editor may be caught between truncating and writing a file (an error, or a valid
+        file that lacks its end) or between removing and re-creating it (services vanish):
+        both are read again once after a short pause before they count.
+        """
+        second_look = False
+        for _ in range(SETTLE_READS):
+            before = fingerprint(self.config_dir)
+            try:
+                config: Config | None = self.load()
+                error: ConfigError | None = None
+            except ConfigError as exc:
+                config, error = None, exc
+            self._fingerprint = fingerprint(self.config_dir)
+            if self._fingerprint != before:
+                await asyncio.sleep(0.02)  # written while we read: the result may mix versions
+                continue
+            suspicious = error is not None or self._files_vanished()
+            if suspicious and not second_look:
+                second_look = True
+                await asyncio.sleep(HALF_WRITTEN_RETRY)
+                continue
+            if error is not None:
+                raise error
+            assert config is not None
+            return config
+        issue = ConfigIssue(str(self.config_dir), 0, 0, "", "files kept changing while read")
+        raise ConfigError([issue])
+
+    def _files_vanished(self) -> bool:
         try:
-            return self.load()
-        except ConfigError:
-            await asyncio.sleep(HALF_WRITTEN_RETRY)
-            return self.load()
+            present = {str(p) for p in config_files(self.config_dir)}
+        except OSError:
+            return True
+        sources = {s.source for s in self.manager.config.services.values()}
+        return bool(sources - present)
 
     def _finish(
         self, result: str, errors: list[str] | None = None, changes: dict[str, Any] | None = None
@@ -178,29 +172,35 @@ class Reloader:
         record.counts[result] += 1
         if result != "rejected":
             record.last_success_at = now
-        event = {"applied": "reload.applied", "rejected": "reload.rejected"}.get(result)
-        if event == "reload.rejected":
-            log.error(event, errors=record.errors)
-        elif event:
-            log.info(event, **record.changes)
+        if result == "rejected":
+            log.error("reload.rejected", errors=record.errors)
+        elif result == "applied":
+            log.info("reload.applied", **record.changes)
+        else:
+            log.info("reload.unchanged")
         self.on_done(record)
         return {"result": result, "errors": record.errors, "changes": record.changes}
 
     async def _apply(self, new: Config, diff: ConfigDiff) -> None:
         old = self.manager.config
         self.manager.config = new  # policy and routing change for the next request
-        for name in diff.removed:
-            await self._drain(name)
-            await self.manager.remove_service(name)
+        await _all(self._remove(name) for name in diff.removed)
         for name in diff.updated:
             self.manager.get(name).update_live(new.services[name])
-        for name in diff.restarted:
-            service = self.manager.get(name)
-            service.degraded = None
-            await service.restart("reload", config=new.services[name])
-            self._watch_for_rollback(name, old.services[name])
+        await _all(self._relaunch(name, old.services[name], new) for name in diff.restarted)
         for name in diff.added:
             await self.manager.add_service(new.services[name])
+
+    async def _remove(self, name: str) -> None:
+        self._end_rollback(name)
+        await self._drain(name)
+        await self.manager.remove_service(name)
+
+    async def _relaunch(self, name: str, previous: ServiceConfig, new: Config) -> None:
+        self._end_rollback(name)
+        service = self.manager.get(name)
+        await service.restart("reload", config=new.services[name])
+        self._watch_for_rollback(name, previous)
 
     async def _drain(self, name: str) -> None:
         """Let in-flight gateway requests of a removed service finish, within a bound."""
@@ -208,10 +208,24 @@ class Reloader:
         while self.busy(name) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
 
+    # -- last known good ---------------------------------------------------------------
+
+    def _end_rollback(self, name: str) -> None:
+        """A new edit of this service (or its removal) ends any rollback watch or state."""
+        task = self._watchers.pop(name, None)
+        if task is not None:
+            task.cancel()
+        if self._rolled_back.pop(name, None) is not None and name in self.manager.services:
+            self.manager.services[name].degraded = None
+
     def _watch_for_rollback(self, name: str, previous: ServiceConfig) -> None:
         task = asyncio.create_task(self._rollback_if_fatal(name, previous))
-        self._watchers.add(task)
-        task.add_done_callback(self._watchers.discard)
+        self._watchers[name] = task
+        task.add_done_callback(lambda done: self._forget_watcher(name, done))
+
+    def _forget_watcher(self, name: str, task: asyncio.Task[None]) -> None:
+        if self._watchers.get(name) is task:
+            del self._watchers[name]
 
     async def _rollback_if_fatal(self, name: str, previous: ServiceConfig) -> None:
         service = self.manager.services.get(name)
@@ -223,17 +237,28 @@ class Reloader:
         except StartFailedError as exc:
             if self.manager.services.get(name) is not service or service.state != "fatal":
                 return  # stopped or replaced meanwhile: nothing to roll back
-            cause = exc.cause
-        reason = service.reason
-        log.warning("reload.rollback", service=name, cause=cause, reason=reason)
-        await service.restart("rollback", config=previous)
+            cause, hint = exc.cause, exc.hint
+        bad, reason = service.config, service.reason
+        log.warning("reload.rollback", service=name, cause=cause, reason=reason, hint=hint)
+        self._rolled_back[name] = (bad, previous)
+        # Routing (port, served name) must describe what runs again, not the failed edit.
+        services = {**self.manager.config.services, name: previous}
+        self.manager.config = self.manager.config.model_copy(update={"services": services})
         service.degraded = f"rolled back: {cause} ({reason})"
+        await service.restart("rollback", config=previous)
 
     async def close(self) -> None:
-        for task in list(self._watchers):
+        tasks = list(self._watchers.values())
+        for task in tasks:
             task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def _all(coros: Any) -> None:
+    """Run concurrently: one slow stop must not hold up the other services' changes."""
+    await asyncio.gather(*coros)
 
 
 def _errors(exc: ConfigError) -> list[str]:
