@@ -25,6 +25,7 @@ from .logsetup import get_logger
 from .manager import Manager
 from .placement import Placement
 from .process.registry import GroupRegistry
+from .relief import relieve
 from .reload import Reloader
 from .sdnotify import SystemdNotifier, watchdog_loop
 from .status import summary_line
@@ -127,7 +128,8 @@ class Daemon:
         self.placement.manager = self.manager
         self.backend = DaemonBackend(self)
         if self.options.gateway is not None:
-            self.gateway = Gateway(self.backend)
+            gateway = self.gateway = Gateway(self.backend)
+            self.placement.on_critical = lambda event: relieve(gateway, self.manager.config, event)
         busy = self._busy
         self.placement.busy = busy
         self.reloader = Reloader(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from .config.models import Config, ServiceConfig
@@ -15,7 +15,7 @@ from .errors import AdmissionError
 from .gpu.admission import Admit, Evict, EvictionCandidate, decide_admission, need_for
 from .gpu.attribution import attribute, process_names, service_usage, snapshot_dict
 from .gpu.nvml import GpuMonitor
-from .gpu.pressure import PressureTracker
+from .gpu.pressure import PressureEvent, PressureTracker
 from .gpu.snapshot import GpuDevice, GpuSnapshot
 from .logsetup import get_logger
 
@@ -43,6 +43,8 @@ class Placement:
         self.pressure = PressureTracker()
         self.manager: Manager | None = None
         self.last: GpuSnapshot | None = None
+        # Called for each GPU that enters critical pressure (the daemon unloads Ollama models).
+        self.on_critical: Callable[[PressureEvent], Awaitable[object]] | None = None
 
     async def refresh(self) -> GpuSnapshot:
         self.last = await self.monitor.snapshot()
@@ -150,7 +152,10 @@ class Placement:
         while True:
             snap = await self.refresh()
             if self.manager is not None:
-                self.pressure.update(snap, self.manager.config.policy.pressure)
+                events = self.pressure.update(snap, self.manager.config.policy.pressure)
+                for event in events:
+                    if event.level == "critical" and self.on_critical is not None:
+                        await self.on_critical(event)
             await asyncio.sleep(interval)
 
 
