@@ -21,13 +21,24 @@ class OllamaEngine:
         # The gateway enforces keep_alive per request; this default covers requests that
         # reach Ollama without it (local scripts bypassing the gateway).
         keep_alive = to_ollama_keep_alive(policy.keep_alive.default)
-        return {
+        env = {
             "OLLAMA_HOST": f"127.0.0.1:{svc.spec.port}",
-            "OLLAMA_KEEP_ALIVE": f"{keep_alive}s" if isinstance(keep_alive, int) else keep_alive,
+            # envconfig reads a Go duration or whole seconds; negative means forever.
+            "OLLAMA_KEEP_ALIVE": str(keep_alive) if keep_alive == -1 else _go_duration(keep_alive),
         }
+        num_ctx = policy.ollama_options.get("num_ctx")
+        if isinstance(num_ctx, int) and not isinstance(num_ctx, bool):
+            # OpenAI-style /v1 requests carry no options: without the same context length
+            # as the pinned load, each one would make Ollama reload the model.
+            env["OLLAMA_CONTEXT_LENGTH"] = str(num_ctx)
+        return env
 
     async def ready(self, client: httpx.AsyncClient, svc: ServiceConfig, timeout: float) -> bool:
         return await http_ok(client, f"{base_url(svc)}/api/version", timeout) is not None
 
     async def live(self, client: httpx.AsyncClient, svc: ServiceConfig, timeout: float) -> bool:
         return await self.ready(client, svc, timeout)
+
+
+def _go_duration(value: int | str) -> str:
+    return f"{value}s" if isinstance(value, int) else value
