@@ -17,6 +17,7 @@ from .backend import DaemonBackend
 from .config.load import load_config
 from .config.models import Config
 from .control.server import serve_control
+from .errors import SupervisorError
 from .gate import StartGate
 from .gateway.app import Gateway
 from .gpu.fake import make_backend
@@ -100,6 +101,7 @@ class Daemon:
         self._install_signals()
         await self.placement.refresh()
         config = self.load()  # ConfigError propagates: nothing has been started yet
+        self.registry.acquire()  # before the sweep: another live daemon's engines are no orphans
         killed = await self.registry.kill_orphans()
         if killed:
             log.warning("daemon.orphans_killed", pids=killed)
@@ -109,8 +111,13 @@ class Daemon:
                 await self._start(group)
                 await self._stop.wait()
                 await self._shutdown()
+        except BaseExceptionGroup as errors:
+            # A listener that could not start (socket taken) is an operator error: surface
+            # it as itself so cli.py prints one line instead of a group traceback.
+            raise _first_supervisor_error(errors) or errors from None
         finally:
             await self._backstop()
+            self.registry.release()
         log.info("daemon.stopped")
         return 0
 
@@ -176,14 +183,19 @@ class Daemon:
 
     async def _started(self, waits: list[Any]) -> None:
         """Wait for the listeners; a task that died instead (port taken) raises here."""
-        waiting = asyncio.ensure_future(asyncio.gather(*waits))
-        racers: set[asyncio.Future[Any]] = {waiting, *self._tasks.values()}
-        await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
-        for task in self._tasks.values():
-            if task.done():
-                waiting.cancel()
-                task.result()  # re-raise the listener's error
-        await waiting
+        # Plain tasks, not gather(): a cancelled gather whose outcome nobody reads makes
+        # asyncio print "exception was never retrieved" with a traceback at exit.
+        waiters = [asyncio.ensure_future(w) for w in waits]
+        try:
+            while not all(w.done() for w in waiters):
+                racers: set[asyncio.Future[Any]] = {*waiters, *self._tasks.values()}
+                await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
+                for task in self._tasks.values():
+                    if task.done():
+                        task.result()  # re-raise the listener's error
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
 
     def _spawn(self, group: asyncio.TaskGroup, name: str, coro: Any) -> None:
         self._tasks[name] = group.create_task(coro, name=name)
@@ -231,3 +243,11 @@ class Daemon:
             await asyncio.shield(self.manager.shutdown(5.0))
         await self.manager.http.aclose()
         self.placement.monitor.close()
+
+
+def _first_supervisor_error(group: BaseExceptionGroup[BaseException]) -> SupervisorError | None:
+    matched, _ = group.split(SupervisorError)
+    leaf: BaseException | None = matched
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return leaf if isinstance(leaf, SupervisorError) else None

@@ -64,6 +64,10 @@ class PortInUseError(StartFailedError):
     """The service's port is held by another process."""
 
 
+class StateDirBusyError(SupervisorError):
+    """Another daemon owns this state dir (its orphan sweep would kill that daemon's engines)."""
+
+
 class DaemonUnreachableError(SupervisorError):
     """The CLI cannot reach the daemon's control API."""
 

@@ -315,3 +315,37 @@ def _logs(daemon: DaemonProcess, name: str) -> str:
     result = _cli(daemon, "logs", name, "-n", "50")
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+# -- a second daemon -------------------------------------------------------------------
+
+
+def test_second_daemon_on_same_state_dir_refuses_and_leaves_engines_alone(
+    daemons: Callable[..., DaemonProcess],
+) -> None:
+    first = daemons({"a": engine()})
+    first.wait_ready()
+    engines = first.engine_refs()
+    # Another control socket, same state dir: the orphan sweep must not take live engines.
+    second = daemons({"b": engine()}, state_dir=first.state_dir,
+                     args=("--control", f"unix:{first.root / 'other.sock'}"))  # fmt: skip
+    assert second.wait() == 1
+    assert f"another daemon (pid {first.proc.pid}) is running on state dir" in second.output()
+    assert not second.events("orphan.killed")
+    assert alive(engines) == engines
+    assert first.proc.poll() is None
+
+
+def test_control_socket_taken_is_one_line_and_starts_nothing(
+    daemons: Callable[..., DaemonProcess], tmp_path: Path
+) -> None:
+    first = daemons({"a": engine()})
+    first.wait_ready()
+    second = daemons(
+        {"b": engine()}, state_dir=tmp_path / "state2", args=("--control", first.control)
+    )
+    assert second.wait() == 1
+    text = second.output()
+    assert "another daemon is already listening" in text
+    assert "Traceback" not in text and "never retrieved" not in text
+    assert not second.engine_refs()

@@ -8,11 +8,14 @@ fight for the same GPU memory and port.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import os
 import signal
 import time
 from pathlib import Path
 
+from ..errors import StateDirBusyError
 from ..logsetup import get_logger
 from .tree import MARKER_ENV, ProcRef, find_marked, kill_refs, killpg
 
@@ -24,6 +27,35 @@ class GroupRegistry:
         self.state_dir = state_dir.resolve()
         self.dir = self.state_dir / "groups"
         self._warned = False
+        self._lock_fd: int | None = None
+
+    def acquire(self) -> None:
+        """Own the state dir until this process exits, or raise StateDirBusyError.
+
+        Without this, a second daemon started on the same state dir (an operator trying
+        ``run`` by hand next to the service) would take the first one's engines for orphans
+        and kill them. flock is released by the kernel when we die, also on SIGKILL; the fd
+        is close-on-exec, so engines never hold it.
+        """
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        path = self.state_dir / "daemon.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StateDirBusyError(
+                f"another daemon (pid {holder}) is running on state dir {self.state_dir}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the last fd drops the flock
+            self._lock_fd = None
 
     def marker(self, service: str) -> str:
         """The value of MARKER_ENV given to a service's processes."""
