@@ -248,6 +248,24 @@ def test_shutdown_of_ten_services_within_deadline_leaves_nothing(
     assert not list((daemon.state_dir / "groups").glob("*.json")), "registry emptied"
 
 
+def test_sigterm_while_engines_are_still_loading(daemons: Callable[..., DaemonProcess]) -> None:
+    services = {
+        "loading": engine("--startup-delay", "30", "--children", "1"),
+        "loading_stubborn": engine("--startup-delay", "30", "--ignore-term"),
+    }
+    daemon = daemons(services, args=("--shutdown-timeout", "5"))
+    daemon.wait_for(lambda ev: sum(e.get("event") == "service.spawned" for e in ev) == 2)
+    daemon.wait_for(lambda ev: len(daemon.engine_refs()) == 3)
+    tree = daemon.engine_refs()
+    started = time.monotonic()
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(timeout=15) == 0
+    assert time.monotonic() - started < 4.0  # 1 s grace for the stubborn one, no startup wait
+    assert not alive(tree) and not daemon.engine_refs()
+    states = [(e["service"], e["new"]) for e in daemon.events("service.state")]
+    assert ("loading", "ready") not in states and ("loading", "stopped") in states
+
+
 # -- config errors ---------------------------------------------------------------------
 
 
