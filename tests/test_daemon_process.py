@@ -7,6 +7,7 @@ Each test writes a profile of fake engines (tests/fakes/fake_engine.py), runs
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -22,8 +23,9 @@ import pytest
 import yaml
 
 from llm_supervisor.process.tree import MARKER_ENV, ProcRef, find_marked, kill_refs
+from llm_supervisor.service.states import State
 
-from .conftest import FAKE_ENGINE, free_port
+from .conftest import FAKE_ENGINE, fake_service, free_port
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -367,3 +369,35 @@ def test_control_socket_taken_is_one_line_and_starts_nothing(
     assert "another daemon is already listening" in text
     assert "Traceback" not in text and "never retrieved" not in text
     assert not second.engine_refs()
+
+
+# -- a shutdown racing a crash (in-process: the window is inside Service) ----------------
+
+
+async def test_stop_while_crashed_engine_is_being_released(manager_factory: Any) -> None:
+    """A crash's cleanup window: not ``ready``, and a stop in it still ends in ``stopped``.
+
+    On a GPU the runner waits (seconds) after a crash for the memory to be released, with the
+    child already forgotten. The state used to stay ``ready`` then: ensure_ready() answered
+    at once for a dead engine, and a stop raised InvalidTransition(ready -> stopped).
+    """
+    released = asyncio.Event()
+
+    async def slow_release(service: Any, pids: list[int]) -> None:
+        if not released.is_set():
+            released.set()
+            await asyncio.sleep(30)  # NVML says the memory is still held
+
+    manager = manager_factory(fake_service("a"), wait_released=slow_release)
+    service = manager.get("a")
+    await service.start()
+    assert service.pid is not None
+    os.kill(service.pid, signal.SIGKILL)
+    await asyncio.wait_for(released.wait(), 10)
+    assert service.state is State.STOPPING  # the window: child gone, cleanup not finished
+    with pytest.raises(TimeoutError):  # not "ready" while nothing serves
+        await asyncio.wait_for(service.ensure_ready(), 0.3)
+    await asyncio.wait_for(service.stop("shutdown"), 10)
+    assert service.state is State.STOPPED
+    await service.start()  # and it can be started again
+    assert service.state is State.READY

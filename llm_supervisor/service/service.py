@@ -221,6 +221,9 @@ class Service:
         if failure is None:
             self._set_state(State.READY, "ready")
             failure = await self._watch(child)
+            # Not serving any more: ensure_ready() must not answer "ready" during the cleanup
+            # (seconds on a GPU while the memory is released), and a stop must find no READY.
+            self._set_state(State.STOPPING, failure.message)
         await self._cleanup_after_failure(child, failure)
         return failure
 
