@@ -40,12 +40,17 @@ typecheck: $(VENV)/.installed-dev
 pytest: $(VENV)/.installed-dev
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-# tests/test_systemd_unit.py runs `systemd-analyze verify`; install Debian's systemd package
+# tests/test_systemd_unit.py runs `systemd-analyze verify`, tests/test_status_page.py headless
+# chromium with chromium-driver; install Debian's systemd package
 # when it is missing and we may (root with apt-get, as in CI); otherwise the test says why.
 deps-system:
 	@command -v systemd-analyze >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	  && apt-get update -qq && apt-get install -y -qq --no-install-recommends systemd >/dev/null; } \
 	  || echo "deps-system: systemd-analyze missing; tests/test_systemd_unit.py skips (fails when CI is set)"
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { [ "$$(id -u)" = 0 ] \
+	  && command -v apt-get >/dev/null && apt-get update -qq \
+	  && apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; } \
+	  || echo "deps-system: chromium missing; tests/test_status_page.py skips (fails when CI is set)"
 
 test: deps-system lint typecheck pytest
 

@@ -13,6 +13,8 @@ from typing import Any, Literal, TextIO
 
 import structlog
 
+from .events import record_event
+
 LogFormat = Literal["auto", "json", "console", "journal"]
 
 # syslog priorities by level name, for the journal's stderr parser.
@@ -53,6 +55,7 @@ def configure_logging(
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
+        record_event,  # the status page's event tail (events.py); passes the event on
     ]
     if chosen == "console":
         processors.append(structlog.dev.ConsoleRenderer(colors="NO_COLOR" not in os.environ))

@@ -8,6 +8,8 @@ Endpoints (JSON unless noted)::
     POST /v1/reload                             ?wait=1&dry_run=1
     GET  /v1/services/{name}/logs               ?lines=N&since=SECONDS|10m&follow=1 (NDJSON)
     GET  /metrics                               Prometheus text format
+    GET  /v1/events                             ?after=SEQ&limit=N&follow=1 (SSE) (page.py)
+    GET  /  and  /ui                            the status page (page.py)
 
 Errors are ``{"error": {"type": ..., "message": ...}}`` plus ``service``/``reason``/``cause``/
 ``hint`` for start failures; ``client.py`` turns them back into the typed errors.
@@ -42,6 +44,7 @@ from ..logsetup import get_logger
 from .backend import ControlBackend, LogLine
 from .logstream import NDJSON, FollowResponse, encode_line
 from .metrics import build_registry
+from .page import BrowserGuard, page_routes
 
 log = get_logger("llm_supervisor.control")
 
@@ -211,6 +214,7 @@ def create_app(
         Route("/v1/reload", _guarded(reload), methods=["POST"]),
         Route("/v1/services/{name}/logs", _guarded(logs), methods=["GET"]),
         Route("/metrics", _guarded(metrics), methods=["GET"]),
+        *page_routes(ending),
     ]
     app: ASGIApp = Starlette(routes=routes)
-    return BearerAuth(app, token) if token else app
+    return BrowserGuard(BearerAuth(app, token) if token else app, token)
