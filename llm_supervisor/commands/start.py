@@ -6,6 +6,7 @@ import argparse
 
 from ..control.client import ControlClient, add_control_arguments, client_from_args
 from ..errors import ServiceError, StartFailedError
+from .startwait import wait_action
 
 
 def add_service_arguments(parser: argparse.ArgumentParser, wait_help: str) -> None:
@@ -30,7 +31,10 @@ def run_action(args: argparse.Namespace, action: str) -> int:
     with client_from_args(args) as client:
         for name in args.names:
             try:
-                _one(client, action, name, args.wait)
+                if args.wait and action != "stop":
+                    _waited(args, action, name)
+                else:
+                    _one(client, action, name, args.wait)
             except ServiceError as exc:
                 failures.append(exc)
     if len(failures) == 1 and not isinstance(failures[0], StartFailedError):
@@ -42,6 +46,12 @@ def run_action(args: argparse.Namespace, action: str) -> int:
 
 def _one(client: ControlClient, action: str, name: str, wait: bool) -> None:
     result = client.action(action, name, wait)
+    print(f"{name}: {action} requested; state {result.get('state') or 'unknown'}")
+
+
+def _waited(args: argparse.Namespace, action: str, name: str) -> None:
+    """Show the load phases while waiting (startwait.py)."""
+    result = wait_action(lambda: client_from_args(args), action, name)
     print(f"{name}: {action} requested; state {result.get('state') or 'unknown'}")
 
 
