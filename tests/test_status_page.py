@@ -10,12 +10,13 @@ unless CI is set, where their absence fails the test.
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import os
 import select
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,12 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+
+from llm_supervisor.control.api import create_app
+from llm_supervisor.control.page import render_page
+from llm_supervisor.control.server import ControlServer
+from llm_supervisor.events import EVENTS, EventRing
+from llm_supervisor.logsetup import configure_logging, get_logger
 
 from .daemon_harness import (
     CLI,
@@ -35,6 +42,7 @@ from .daemon_harness import (
     run_daemon,
     wait_until,
 )
+from .fakes.fake_control_backend import FakeControlBackend
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -339,5 +347,118 @@ def test_phone_width_dark_mode(page: Any, tmp_path: Path) -> None:
         page.set_window_size(1280, 900)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(pytest.main([__file__, "-q"]))
+# -- without a browser: the event ring, the endpoints, the guard -------------------------
+
+
+async def test_ring_keeps_the_last_events_and_resumes_after_a_seq() -> None:
+    ring = EventRing(size=3)
+    for n in range(5):
+        ring.record({"event": "service.state", "n": n, "obj": object()})
+    tail = ring.tail()
+    assert [e["n"] for e in tail] == [2, 3, 4] and [e["seq"] for e in tail] == [3, 4, 5]
+    assert isinstance(tail[0]["obj"], str)  # JSON-safe copies
+    assert [e["n"] for e in ring.tail(after=4)] == [4]
+    assert [e["n"] for e in ring.tail(limit=1)] == [4]
+
+
+async def test_follow_subscribes_at_the_call_and_gets_events_from_threads() -> None:
+    ring = EventRing()
+    follow = ring.follow()
+    ring.record({"event": "first"})  # before the first read: not lost
+    await asyncio.to_thread(ring.record, {"event": "from-thread"})
+    got = [(await anext(follow))["event"], (await anext(follow))["event"]]
+    assert got == ["first", "from-thread"]
+    await follow.aclose()
+    assert ring.subscriber_count() == 0
+
+
+def test_logging_feeds_the_ring_and_passes_events_on() -> None:
+    out = io.StringIO()
+    configure_logging("json", "info", stream=out)
+    try:
+        get_logger("t").info("keepalive.rewrite", model="m", asked=0)
+    finally:
+        configure_logging("json", "info")
+    last = EVENTS.tail(1)[0]
+    assert last["event"] == "keepalive.rewrite" and last["model"] == "m" and last["asked"] == 0
+    assert last["level"] == "info" and json.loads(out.getvalue())["model"] == "m"
+
+
+def asgi(token: str | None = None, host: str = "control") -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=create_app(FakeControlBackend(), token=token))
+    return httpx.AsyncClient(transport=transport, base_url=f"http://{host}")
+
+
+async def test_page_and_events_endpoint() -> None:
+    EVENTS.record({"event": "gpu.pressure", "gpu": 0, "level": "warning"})
+    async with asgi() as c:
+        page = await c.get("/")
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+        assert 'window.LLM_SUPERVISOR = {"controls": true' in page.text
+        assert "default-src 'none'" in page.headers["content-security-policy"]
+        assert "http://" not in page.text and "https://" not in page.text  # nothing external
+        assert (await c.get("/ui")).text == page.text
+        body = (await c.get("/v1/events", params={"limit": 5})).json()
+        assert body["events"][-1]["event"] == "gpu.pressure" and len(body["events"]) <= 5
+        after = (await c.get("/v1/events", params={"after": body["last_seq"]})).json()
+        assert after["events"] == []
+
+
+def test_read_only_page_has_no_controls() -> None:
+    assert '{"controls": false' in render_page(controls=False)
+
+
+async def test_token_link_sets_a_cookie_that_then_authorizes() -> None:
+    async with asgi(token="s3cret", host="127.0.0.1:9") as c:
+        assert (await c.get("/")).status_code == 401
+        assert (await c.get("/", params={"token": "wrong"})).status_code == 401
+        login = await c.get("/", params={"token": "s3cret"})
+        assert login.status_code == 303 and login.headers["location"] == "/"
+        cookie = login.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie
+        assert (await c.get("/")).status_code == 200  # the client kept the cookie
+        assert (await c.get("/v1/status")).status_code == 200
+
+
+async def test_guard_refuses_cross_site_requests_and_foreign_host_names() -> None:
+    async with asgi() as c:
+        evil = {"Origin": "http://evil.example"}
+        assert (await c.post("/v1/services/qwen3-8b/stop", headers=evil)).status_code == 403
+        same = {"Origin": "http://control"}
+        assert (await c.get("/v1/status", headers=same)).status_code == 200
+        rebound = {"Host": "evil.example:8765"}
+        assert (await c.get("/v1/status", headers=rebound)).status_code == 403
+        for host in ("127.0.0.1:8765", "[::1]:1", "localhost", "app.localhost"):
+            assert (await c.get("/v1/status", headers={"Host": host})).status_code == 200
+
+
+async def test_event_stream_sends_tail_then_live_events(tmp_path: Path) -> None:
+    sock = tmp_path / "c.sock"
+    server = ControlServer(FakeControlBackend(), f"unix:{sock}")
+    await server.start()
+    try:
+        transport = httpx.AsyncHTTPTransport(uds=str(sock))
+        async with httpx.AsyncClient(transport=transport, base_url="http://control") as c:
+            EVENTS.record({"event": "reload.applied"})
+            params = {"follow": "1", "limit": "1"}
+            async with c.stream("GET", "/v1/events", params=params, timeout=5) as response:
+                assert response.headers["content-type"].startswith("text/event-stream")
+                lines = response.aiter_lines()
+                seen = await _sse_events(lines, 1)
+                assert seen[0]["event"] == "reload.applied"
+                EVENTS.record({"event": "service.state", "service": "x"})
+                live = await _sse_events(lines, 1)
+                assert live[0]["event"] == "service.state" and live[0]["seq"] > seen[0]["seq"]
+    finally:
+        await server.shutdown()
+
+
+async def _sse_events(lines: Any, count: int) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    async with asyncio.timeout(5):
+        async for line in lines:
+            if line.startswith("data: "):
+                found.append(json.loads(line[len("data: ") :]))
+                if len(found) == count:
+                    return found
+    return found
