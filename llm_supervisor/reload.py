@@ -25,7 +25,7 @@ from .manager import Manager
 log = get_logger(__name__)
 
 HALF_WRITTEN_RETRY = 0.25  # an editor caught mid-write gets one more look after this
-SETTLE_READS = 5  # re-reads while files keep changing under the loader, then give up
+SETTLE_TIMEOUT = 5.0  # re-read while files keep changing under the loader, up to this long
 
 
 @dataclass
@@ -72,11 +72,18 @@ class Reloader:
         self._waiters: list[asyncio.Future[dict[str, Any]]] = []
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._rolled_back: dict[str, tuple[ServiceConfig, ServiceConfig]] = {}
+        self._forced = False
 
-    def request(self) -> asyncio.Future[dict[str, Any]]:
-        """Ask for a reload; the future resolves with the result of the reload that ran."""
+    def request(self, if_changed: bool = False) -> asyncio.Future[dict[str, Any]]:
+        """Ask for a reload; the future resolves with the result of the reload that ran.
+
+        ``if_changed`` (the file watcher): skip it if, when its turn comes, the files hash as
+        they did at the last read; an editor's save can arrive as several event batches
+        while a reload is reading them, and that reload already saw the result.
+        """
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiters.append(future)
+        self._forced = self._forced or not if_changed
         self._wake.set()
         return future
 
@@ -86,14 +93,16 @@ class Reloader:
             await self._wake.wait()
             self._wake.clear()
             waiters, self._waiters = self._waiters, []
+            forced, self._forced = self._forced, False
+            if not forced and not self.changed_on_disk():
+                _resolve(waiters, {"result": "skipped", "errors": [], "changes": {}})
+                continue
             try:
                 result = await self.reload_now()
             except Exception as exc:  # the daemon must survive a bug in one reload
                 log.exception("reload.failed")
                 result = {"result": "rejected", "errors": [repr(exc)], "changes": {}}
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(result)
+            _resolve(waiters, result)
 
     def dry_run(self) -> dict[str, Any]:
         try:
@@ -131,7 +140,8 @@ class Reloader:
         both are read again once after a short pause before they count.
         """
         second_look = False
-        for _ in range(SETTLE_READS):
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while time.monotonic() < deadline:
             before = fingerprint(self.config_dir)
             try:
                 config: Config | None = self.load()
@@ -140,7 +150,7 @@ class Reloader:
                 config, error = None, exc
             self._fingerprint = fingerprint(self.config_dir)
             if self._fingerprint != before:
-                await asyncio.sleep(0.02)  # written while we read: the result may mix versions
+                await asyncio.sleep(0.03)  # written while we read: the result may mix versions
                 continue
             suspicious = error is not None or self._files_vanished()
             if suspicious and not second_look:
@@ -259,6 +269,12 @@ class Reloader:
 async def _all(coros: Any) -> None:
     """Run concurrently: one slow stop must not hold up the other services' changes."""
     await asyncio.gather(*coros)
+
+
+def _resolve(waiters: list[asyncio.Future[dict[str, Any]]], result: dict[str, Any]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(result)
 
 
 def _errors(exc: ConfigError) -> list[str]:

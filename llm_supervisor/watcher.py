@@ -64,4 +64,4 @@ async def _watch(
     ):
         if reloader.changed_on_disk():
             log.info("reload.triggered", trigger="watch")
-            reloader.request()
+            reloader.request(if_changed=True)
