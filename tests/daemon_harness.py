@@ -252,6 +252,7 @@ def run_daemon(
     gateway: bool = False,
     extra_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
+    wait_control: bool = True,
     wait_ready: bool = True,
     timeout: float = 20.0,
     log_dir: Path | None = None,
@@ -260,7 +261,9 @@ def run_daemon(
 
     ``gateway``: serve the gateway on a free port (``handle.gateway_url``), else ``off``.
     ``extra_args``: more ``run`` flags. ``env``: added to a cleaned environment (pass
-    ``NOTIFY_SOCKET`` here). ``wait_ready``: also wait for every boot service to be ready.
+    ``NOTIFY_SOCKET`` here). ``wait_control``: wait until the control API answers (False for
+    a daemon expected to exit, e.g. on a bad config: ``handle.proc.wait()``). ``wait_ready``:
+    also wait until every boot service is ready.
     """
     state_dir = Path(tempfile.mkdtemp(prefix="lsd-", dir="/tmp"))  # short: socket path limit
     port = free_port() if gateway else None
@@ -277,8 +280,9 @@ def run_daemon(
         proc = subprocess.Popen(argv, env=environ, stdout=stderr, stderr=stderr)
     daemon = DaemonProcess(proc, config_dir, state_dir, logs, stderr_path, port, environ)
     try:
-        daemon._wait_control(timeout)
-        if wait_ready:
+        if wait_control:
+            daemon._wait_control(timeout)
+        if wait_control and wait_ready:
             daemon.wait_ready(timeout=timeout)
         yield daemon
     except BaseException:
