@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -237,9 +238,11 @@ def test_shutdown_of_ten_services_within_deadline_leaves_nothing(
     elapsed = time.monotonic() - started
 
     assert code == 0, daemon.output()[-3000:]
-    # The deadline bounds the stops; the SIGKILL backstop and exit add only milliseconds.
-    assert elapsed < deadline + 1.0, f"shutdown took {elapsed:.2f}s"
-    assert elapsed >= 0.9, "stubborn engines get their 1 s grace before SIGKILL"
+    # The deadline bounds the stops; the SIGKILL backstop adds milliseconds (measured by the
+    # daemon's own clock: interpreter exit on a loaded 2-core machine is not what we test).
+    span = _span(daemon, "daemon.signal", "daemon.stopped")
+    assert 0.9 <= span < deadline + 0.5, f"shutdown took {span:.2f}s (stubborn ones get 1 s)"
+    assert elapsed < deadline + 3.0, f"exit took {elapsed:.2f}s"
     assert not alive(tree), alive(tree)
     assert not daemon.engine_refs()
     events = daemon.events()
@@ -259,13 +262,20 @@ def test_sigterm_while_engines_are_still_loading(daemons: Callable[..., DaemonPr
     daemon.wait_for(lambda ev: sum(e.get("event") == "service.spawned" for e in ev) == 2)
     daemon.wait_for(lambda ev: len(daemon.engine_refs()) == 3)
     tree = daemon.engine_refs()
-    started = time.monotonic()
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(timeout=15) == 0
-    assert time.monotonic() - started < 4.0  # 1 s grace for the stubborn one, no startup wait
+    # 1 s grace for the stubborn one; no waiting for the startups to finish.
+    assert _span(daemon, "daemon.signal", "daemon.stopped") < 2.5
     assert not alive(tree) and not daemon.engine_refs()
     states = [(e["service"], e["new"]) for e in daemon.events("service.state")]
     assert ("loading", "ready") not in states and ("loading", "stopped") in states
+
+
+def _span(daemon: DaemonProcess, first: str, last: str) -> float:
+    """Seconds between two events of the daemon's log (its own timestamps)."""
+    stamps = {e["event"]: e["timestamp"] for e in daemon.events() if e["event"] in (first, last)}
+    start, end = (datetime.fromisoformat(stamps[n].replace("Z", "+00:00")) for n in (first, last))
+    return (end - start).total_seconds()
 
 
 # -- config errors ---------------------------------------------------------------------
@@ -398,6 +408,6 @@ async def test_stop_while_crashed_engine_is_being_released(manager_factory: Any)
     with pytest.raises(TimeoutError):  # not "ready" while nothing serves
         await asyncio.wait_for(service.ensure_ready(), 0.3)
     await asyncio.wait_for(service.stop("shutdown"), 10)
-    assert service.state is State.STOPPED
+    assert service.snapshot()["state"] == "stopped"
     await service.start()  # and it can be started again
-    assert service.state is State.READY
+    assert service.snapshot()["state"] == "ready"
