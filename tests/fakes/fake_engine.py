@@ -24,7 +24,7 @@ SLEEPER = [
     sys.executable,
     "-c",
     "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(10**6)",
-]  # noqa: E501
+]
 
 
 def parse() -> argparse.Namespace:
