@@ -209,8 +209,8 @@ class Reloader:
     async def _relaunch(self, name: str, previous: ServiceConfig, new: Config) -> None:
         self._end_rollback(name)
         service = self.manager.get(name)
-        await service.restart("reload", config=new.services[name])
-        self._watch_for_rollback(name, previous)
+        if await service.restart("reload", config=new.services[name], keep_stopped=True):
+            self._watch_for_rollback(name, previous)
 
     async def _drain(self, name: str) -> None:
         """Let in-flight gateway requests of a removed service finish, within a bound."""

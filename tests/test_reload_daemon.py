@@ -135,6 +135,23 @@ def test_removed_service_is_stopped_and_added_one_started(config_dir: Path) -> N
         assert {n: status["services"][n]["pid"] for n in before} == before
 
 
+def test_edit_of_a_stopped_on_demand_service_does_not_start_it(config_dir: Path) -> None:
+    services = five_services()
+    services["e"]["start"] = "on-demand"
+    write_profile(config_dir, services)
+    with run_daemon(config_dir) as daemon:
+        assert daemon.services()["e"]["state"] == "stopped"
+        services["e"]["args"] = {"max-model-len": 2048}
+        write_profile(config_dir, services)
+        status = wait_reloads(daemon, 1)
+        assert status["reload"]["changes"]["restarted"] == ["e"]
+        assert status["services"]["e"]["state"] == "stopped"
+        started = daemon.cli("start", "e")
+        assert started.returncode == 0, started.stderr
+        pid = daemon.services()["e"]["pid"]
+        assert flag(argv_of(pid), "--max-model-len") == "2048"
+
+
 # -- policy: live, no restart --------------------------------------------------------------
 
 

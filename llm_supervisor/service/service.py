@@ -137,14 +137,26 @@ class Service:
             await self._stop_locked(reason)
 
     async def restart(
-        self, reason: str = "requested", config: ServiceConfig | None = None, wait: bool = False
-    ) -> None:
-        """Stop (if running) and start again, optionally with a new spec."""
+        self,
+        reason: str = "requested",
+        config: ServiceConfig | None = None,
+        wait: bool = False,
+        keep_stopped: bool = False,
+    ) -> bool:
+        """Stop (if running) and start again, optionally with a new spec; True if launched.
+
+        ``keep_stopped`` (reload): a stopped service (on-demand, or stopped by the operator)
+        only takes the new spec for its next start.
+        """
         async with self._lifecycle:
-            await self._stop_locked(reason)
+            stopped = keep_stopped and self.state is State.STOPPED
+            if not stopped:
+                await self._stop_locked(reason)
             if config is not None:
                 self.config = config
                 self.engine = engine_for(config.spec.engine)
+            if stopped:
+                return False
             self._failure_times.clear()
             self.restarts[reason] += 1
             if reason == "requested":
@@ -152,6 +164,7 @@ class Service:
             self._launch()
         if wait:
             await self.ensure_ready()
+        return True
 
     def update_live(self, config: ServiceConfig) -> None:
         """Apply a change that needs no restart (health timings, restart policy)."""
