@@ -40,7 +40,8 @@ def test_shipped_profiles_fit_two_80gb_gpus() -> None:
 
 def test_check_on_shipped_profiles_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "--config-dir", str(PROFILES)]) == 0
-    assert capsys.readouterr().err == ""
+    # No warnings; at most the note that this machine has no GPU telemetry.
+    assert [ln for ln in capsys.readouterr().err.splitlines() if not ln.startswith("note:")] == []
 
 
 @pytest.mark.parametrize("name", [p.name for p in config_files(PROFILES)])
