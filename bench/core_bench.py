@@ -11,7 +11,7 @@ then repeats: kill -9 the ready engine, and measure from the daemon's JSON log
 
 Standard library only; uses the checkout's .venv for the daemon if it exists.
 
-    python bench/core_bench.py [--runs 20] [--startup-delay 0.3]
+    python bench/core_bench.py [--runs 20] [--startup-delay 0.3] [--json OUT]
 """
 
 from __future__ import annotations
@@ -210,12 +210,16 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--startup-delay", type=float, default=0.3, help="fake engine load time")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
+    parser.add_argument("--json", type=Path, help="also write the raw numbers (ms) here")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="core-bench-"))
     respawn_ms, ready_ms = measure(args.runs, args.startup_delay, workdir)
     print(f"llm-supervisor core bench: {args.runs} kill -9 cycles of one fake vLLM engine")
     report("death -> restart spawned (supervisord: 1 s poll)", respawn_ms, 50.0)
     report("engine serving -> state ready (llama-swap: 1 s poll)", ready_ms, 250.0)
+    if args.json:
+        raw = {"respawn_ms": respawn_ms, "ready_ms": ready_ms, "poll_baseline_ms": POLL_BASELINE_MS}
+        args.json.write_text(json.dumps(raw, indent=2))
     if args.keep:
         print(f"work dir: {workdir}")
     else:

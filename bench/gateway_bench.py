@@ -4,13 +4,14 @@ Upstream: a fast asyncio keep-alive responder (not the fake engine). Load: wrk (
 package) at 1 and 64 connections; plus time to first streamed chunk with a raw socket.
 Needs ``nginx`` and ``wrk`` on PATH (``apt-get install -y nginx wrk``).
 
-    .venv/bin/python bench/gateway_bench.py [--seconds 5]
+    .venv/bin/python bench/gateway_bench.py [--seconds 5] [--json OUT]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -155,6 +156,7 @@ def first_chunk_ms(port: int, samples: int = 200) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description="gateway vs direct vs nginx")
     parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--json", type=Path, help="also write the numbers here")
     parser.add_argument("--role", choices=["upstream", "gateway"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--upstream", type=int, help=argparse.SUPPRESS)
@@ -173,10 +175,10 @@ def main() -> None:
     for tool in ("wrk", "nginx"):
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
             sys.exit(f"{tool} not found: apt-get install -y nginx wrk")
-    compare(args.seconds)
+    compare(args.seconds, args.json)
 
 
-def compare(seconds: int) -> None:
+def compare(seconds: int, json_out: Path | None = None) -> None:
     up, gw, ng = free_port(), free_port(), free_port()
     me = [sys.executable, __file__]
     procs = [subprocess.Popen([*me, "--role", "upstream", "--port", str(up)])]
@@ -192,7 +194,9 @@ def compare(seconds: int) -> None:
     try:
         for port in (up, gw, ng):
             wait_port(port)
-        report({"direct": up, "nginx": ng, "gateway": gw}, seconds)
+        numbers = report({"direct": up, "nginx": ng, "gateway": gw}, seconds)
+        if json_out is not None:
+            json_out.write_text(json.dumps(numbers, indent=2))
     finally:
         for proc in procs:
             proc.terminate()
@@ -200,7 +204,7 @@ def compare(seconds: int) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def report(targets: dict[str, int], seconds: int) -> None:
+def report(targets: dict[str, int], seconds: int) -> dict[str, object]:
     results: dict[tuple[str, int], dict[str, float]] = {}
     for conns in (1, 64):
         for name, port in targets.items():
@@ -225,6 +229,8 @@ def report(targets: dict[str, int], seconds: int) -> None:
         f"first chunk: gateway adds {ttfb['gateway'] - ttfb['direct']:.3f} ms, "
         f"nginx adds {ttfb['nginx'] - ttfb['direct']:.3f} ms"
     )
+    wrk_rows = {f"{name}@{conns}": r for (name, conns), r in results.items()}
+    return {"seconds": seconds, "wrk": wrk_rows, "first_chunk_ms": ttfb}
 
 
 if __name__ == "__main__":

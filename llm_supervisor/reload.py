@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -26,6 +27,7 @@ log = get_logger(__name__)
 
 HALF_WRITTEN_RETRY = 0.25  # an editor caught mid-write gets one more look after this
 SETTLE_TIMEOUT = 5.0  # re-read while files keep changing under the loader, up to this long
+SIGNAL_WINDOW = 1.0  # SIGHUP: the first reloads at once, a burst after it shares one more
 
 
 @dataclass
@@ -73,6 +75,8 @@ class Reloader:
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._rolled_back: dict[str, tuple[ServiceConfig, ServiceConfig]] = {}
         self._forced = False
+        self._last_signal = -math.inf
+        self._trailing: asyncio.TimerHandle | None = None
 
     def request(self, if_changed: bool = False) -> asyncio.Future[dict[str, Any]]:
         """Ask for a reload; the future resolves with the result of the reload that ran.
@@ -86,6 +90,27 @@ class Reloader:
         self._forced = self._forced or not if_changed
         self._wake.set()
         return future
+
+    def request_throttled(self) -> None:
+        """A SIGHUP: reload at once, but at most once more per SIGNAL_WINDOW after that.
+
+        `systemctl reload` in a loop, or a tool signalling once per file it wrote, must not
+        make the daemon re-read everything a hundred times a second: a storm of 100 in a
+        second costs two reloads, the second one seeing the last state of the files.
+        """
+        if self._trailing is not None:
+            return  # the burst's reload is already scheduled
+        loop = asyncio.get_running_loop()
+        wait = self._last_signal + SIGNAL_WINDOW - loop.time()
+        if wait <= 0:
+            self._signal_reload()
+        else:
+            self._trailing = loop.call_later(wait, self._signal_reload)
+
+    def _signal_reload(self) -> None:
+        self._trailing = None
+        self._last_signal = asyncio.get_running_loop().time()
+        self.request()
 
     async def run(self) -> None:
         """The single reload worker: requests that arrive during a reload share the next."""
@@ -258,6 +283,8 @@ class Reloader:
         await service.restart("rollback", config=previous)
 
     async def close(self) -> None:
+        if self._trailing is not None:
+            self._trailing.cancel()
         tasks = list(self._watchers.values())
         for task in tasks:
             task.cancel()
