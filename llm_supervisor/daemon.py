@@ -87,7 +87,7 @@ class Daemon:
     def _on_hup(self) -> None:
         log.info("reload.triggered", trigger="SIGHUP")
         if self.reloader is not None:
-            self.reloader.request()
+            self.reloader.request_throttled()
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
