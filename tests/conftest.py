@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from llm_supervisor.config.models import Config, ServiceConfig, ServiceSpec
 from llm_supervisor.manager import Manager
@@ -50,6 +51,13 @@ def make_config(*services: ServiceConfig, **policy: Any) -> Config:
     return Config.model_validate(
         {"services": {s.name: s for s in services}, "policy": policy or {}}
     )
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """In-process CLI calls configure structlog globally; no test inherits another's set-up."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture
