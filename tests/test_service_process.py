@@ -174,3 +174,13 @@ async def test_port_in_use_names_owner(manager_factory: Any) -> None:
         assert f"pid {os.getpid()}" in manager.get("a").reason
     finally:
         holder.close()
+
+
+async def test_missing_executable_is_diagnosed(manager_factory: Any) -> None:
+    svc = fake_service("a", restart={"max_failures": 1})
+    spec = svc.spec.model_copy(update={"command": ("/nonexistent/bin/vllm", "serve")})
+    manager = manager_factory(svc.model_copy(update={"spec": spec}))
+    with pytest.raises(StartFailedError) as info:
+        await manager.get("a").start()
+    assert info.value.cause == "executable_missing"
+    assert "/nonexistent/bin/vllm" in manager.get("a").reason

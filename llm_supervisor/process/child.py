@@ -39,6 +39,12 @@ class ExitStatus:
         return f"exited with code {self.code}"
 
 
+def _resolve(program: str, env: Mapping[str, str]) -> str | None:
+    if "/" in program:
+        return program if os.access(program, os.X_OK) and not os.path.isdir(program) else None
+    return shutil.which(program, path=env.get("PATH", os.defpath))
+
+
 class _ExitProtocol(asyncio.subprocess.SubprocessStreamProtocol):
     """Resolves ``exited`` the moment the main process dies.
 
@@ -90,6 +96,13 @@ class ChildProcess:
         parent_death_signal: bool = True,
     ) -> ChildProcess:
         full_env = {**env, MARKER_ENV: marker}
+        if _resolve(argv[0], full_env) is None:
+            # Checked here because behind setpriv a missing engine is only an exit code 127.
+            raise StartFailedError(
+                name, f"cannot execute {argv[0]!r}: not found or not executable",
+                cause="executable_missing",
+                hint="check the service's 'command:' (is the engine installed in that venv?)",
+            )  # fmt: skip
         command = list(argv)
         setpriv = shutil.which("setpriv") if parent_death_signal else None
         if setpriv:
