@@ -97,10 +97,6 @@ class OutputRing:
         """Recent output as one string, for crash diagnosis."""
         return "\n".join(ln.text for ln in self._lines)[-max_chars:]
 
-    def mark(self) -> int:
-        """A position: lines appended after it belong to a newer run."""
-        return len(self._lines)
-
     def follow(self) -> AsyncIterator[LogLine]:
         """New lines from now on. Subscribes at the call, so no line slips in between."""
         queue: asyncio.Queue[LogLine] = asyncio.Queue()

@@ -65,6 +65,7 @@ class Service:
         self._child: ChildProcess | None = None
         self._runner: asyncio.Task[None] | None = None
         self._failure_times: list[float] = []
+        self._run_started = 0.0
         self._lifecycle = asyncio.Lock()
         self._changed = asyncio.Event()
         self._sink = self._open_sink()
@@ -249,7 +250,7 @@ class Service:
                 hint=f"stop {owner} or give this service another port",
             )  # fmt: skip
         env = self._environment()
-        self._mark = self.ring.mark()
+        self._run_started = self.deps.wall_clock()  # output after this belongs to this run
         child = await ChildProcess.spawn(
             self.name, self.engine.argv(self.config), env,
             marker=self.deps.registry.marker(self.name), ring=self.ring, sink=self._sink,
@@ -358,7 +359,7 @@ class Service:
         await self._forget_child(child)
 
     def _diagnose(self, failure: Failure) -> None:
-        lines = self.ring.tail()[self._mark_offset() :]
+        lines = self.ring.tail(since=self._run_started)
         failure.tail = [ln.text for ln in lines[-20:]]
         if failure.cause != "unknown":
             return
@@ -373,11 +374,6 @@ class Service:
             status.signal if status else None,
         )  # fmt: skip
         failure.cause, failure.hint = result.cause, result.hint
-
-    def _mark_offset(self) -> int:
-        # The ring is shared by every run; only the lines of the last run describe it.
-        total = len(self.ring.tail())
-        return max(0, total - (self.ring.mark() - getattr(self, "_mark", 0)))
 
     async def _forget_child(self, child: ChildProcess) -> None:
         gone = sorted(ref.pid for ref in child.known)
