@@ -37,7 +37,8 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy llm_supervisor
 
-pytest: $(VENV)/.installed-dev
+# vllm-env first: the real-vLLM tier (-m vllm) needs its venv, built outside pytest's timeouts.
+pytest: $(VENV)/.installed-dev vllm-env
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # tests/test_systemd_unit.py runs `systemd-analyze verify`, tests/test_status_page.py headless

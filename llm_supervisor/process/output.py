@@ -93,10 +93,6 @@ class OutputRing:
         selected = [ln for ln in self._lines if since is None or ln.ts >= since]
         return selected[-lines:] if lines else selected
 
-    def text(self, max_chars: int = 64 * 1024) -> str:
-        """Recent output as one string, for crash diagnosis."""
-        return "\n".join(ln.text for ln in self._lines)[-max_chars:]
-
     def follow(self) -> AsyncIterator[LogLine]:
         """New lines from now on. Subscribes at the call, so no line slips in between."""
         queue: asyncio.Queue[LogLine] = asyncio.Queue()

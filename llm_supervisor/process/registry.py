@@ -8,6 +8,7 @@ fight for the same GPU memory and port.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
 import os
@@ -39,7 +40,13 @@ class GroupRegistry:
         """
         self.state_dir.mkdir(parents=True, exist_ok=True)
         path = self.state_dir / "daemon.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            # Read-only or full state dir: supervise anyway (the environment marker still
+            # finds orphans), but say that nothing keeps a second daemon off this dir.
+            log.error("state.lock_failed", path=str(path), error=str(exc))
+            return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -48,9 +55,10 @@ class GroupRegistry:
             raise StateDirBusyError(
                 f"another daemon (pid {holder}) is running on state dir {self.state_dir}"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
+        with contextlib.suppress(OSError):  # the pid is for humans; the lock is what counts
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
 
     def release(self) -> None:
         if self._lock_fd is not None:

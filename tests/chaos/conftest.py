@@ -14,6 +14,7 @@ import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,15 @@ def live_tree_pids(status: dict[str, Any]) -> set[int]:
     return {pid for svc in status["services"].values() for pid in svc["pids"]}
 
 
+@dataclass
+class ChaosDaemon(DaemonProcess):
+    control_dir: Path | None = None  # the control socket's dir, when not the state dir
+
+    @property
+    def control(self) -> str:
+        return f"unix:{(self.control_dir or self.state_dir) / 'control.sock'}"
+
+
 @contextlib.contextmanager
 def daemon_on(
     config_dir: Path,
@@ -63,9 +73,10 @@ def daemon_on(
     *,
     extra_args: Sequence[str] = (),
     log_dir: Path | None = None,
+    control_dir: Path | None = None,
     wait_ready: bool = True,
     timeout: float = 60.0,
-) -> Iterator[DaemonProcess]:
+) -> Iterator[ChaosDaemon]:
     """Like run_daemon, but on a state dir the caller owns (a second daemon reuses it).
 
     Teardown SIGKILLs the daemon only (the caller decides what its engines must survive);
@@ -74,14 +85,16 @@ def daemon_on(
     logs = log_dir or state_dir / "logs"
     argv = [
         *CLI, "run", "--config-dir", str(config_dir), "--state-dir", str(state_dir),
-        "--log-dir", str(logs), "--control", f"unix:{state_dir / 'control.sock'}",
+        "--log-dir", str(logs), "--control", f"unix:{(control_dir or state_dir) / 'control.sock'}",
         "--gateway", "off", "--log-format", "json", "--shutdown-timeout", "10", *extra_args,
     ]  # fmt: skip
     env = clean_env()
-    stderr_path = state_dir / f"daemon-{len(list(state_dir.glob('daemon-*')))}.stderr"
+    out_dir = control_dir or state_dir
+    stderr_path = out_dir / f"daemon-{len(list(out_dir.glob('daemon-*')))}.stderr"
     with stderr_path.open("wb") as out:
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=out)
-    daemon = DaemonProcess(proc, config_dir, state_dir, logs, stderr_path, None, env)
+    daemon = ChaosDaemon(proc, config_dir, state_dir, logs, stderr_path, None, env,
+                         control_dir=control_dir)  # fmt: skip
     try:
         daemon._wait_control(timeout)
         if wait_ready:
@@ -119,3 +132,20 @@ def sigkill(ref: ProcRef) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str, *, read_only: bool = False) -> Iterator[Path]:
+    """A small tmpfs mounted on ``path`` (root only); skips the test where mount fails."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root and mount(8)")
+    path.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (",ro" if read_only else "")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                          capture_output=True, text=True)  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
