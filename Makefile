@@ -52,6 +52,10 @@ deps-system:
 	  && command -v apt-get >/dev/null && apt-get update -qq \
 	  && apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; } \
 	  || echo "deps-system: chromium missing; tests/test_status_page.py skips (fails when CI is set)"
+	@{ command -v wrk >/dev/null && { command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; }; } \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq \
+	  && apt-get install -y -qq --no-install-recommends nginx wrk >/dev/null; } \
+	  || echo "deps-system: nginx/wrk missing; bench/gateway_bench.py (make bench) needs them"
 
 test: deps-system lint typecheck pytest
 
@@ -62,7 +66,7 @@ vllm-env: | $(BIN)/python
 	$(BIN)/python tests/vllm_cpu/ensure_env.py
 	"$$($(BIN)/python tests/vllm_cpu/ensure_env.py --quiet)" tests/vllm_cpu/make_tiny_model.py
 
-bench: $(VENV)/.installed-dev
+bench: deps-system $(VENV)/.installed-dev
 	$(BIN)/python bench/run_all.py
 
 clean:
