@@ -56,7 +56,7 @@ def _version(argv: list[str]) -> str:
         return "not installed"
     proc = subprocess.run([exe, *argv[1:]], capture_output=True, text=True)
     text = (proc.stdout + proc.stderr).strip().splitlines()
-    return text[0] if text else "?"
+    return text[0].split(" Copyright")[0] if text else "?"
 
 
 def _ms(values: list[float]) -> str:
