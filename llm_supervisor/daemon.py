@@ -241,7 +241,7 @@ class Daemon:
         """Whatever path led here (crash of a listener included), leave no engine behind."""
         with contextlib.suppress(Exception):
             await asyncio.shield(self.manager.shutdown(5.0))
-        await self.manager.http.aclose()
+        await self.manager.aclose()
         self.placement.monitor.close()
 
 

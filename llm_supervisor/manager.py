@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import functools
-import ssl
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from .config.models import Config, ServiceConfig
+from .engines.base import Prober, make_prober
 from .errors import UnknownServiceError
 from .gate import StartGate
 from .logsetup import get_logger
@@ -24,21 +21,6 @@ from .service.service import Service
 log = get_logger(__name__)
 
 
-@functools.cache
-def _tls() -> ssl.SSLContext:
-    return ssl.create_default_context()  # shared: one per client costs ~0.8 MB each
-
-
-def _probe_client() -> httpx.AsyncClient:
-    """A client per service for its probes.
-
-    httpx's pool scans every connection it holds on each request, so one client shared by
-    64 services with 1 s probes cost ~27 % of a core (and its default of 20 kept-alive
-    connections made the rest reconnect each time); one client per service: ~7 %.
-    """
-    return httpx.AsyncClient(verify=_tls())
-
-
 class Manager:
     def __init__(
         self,
@@ -46,15 +28,14 @@ class Manager:
         *,
         registry: GroupRegistry,
         log_dir: Path | None,
-        http: httpx.AsyncClient | None = None,
+        http: Prober | None = None,
         gate: StartGate | None = None,
         deps_overrides: dict[str, Any] | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
         self.log_dir = log_dir
-        self._shared_http = http is not None  # tests inject one client for every service
-        self.http = http or httpx.AsyncClient()
+        self.http = http or make_prober()  # one session: aiohttp keys its pool by host:port
         self.gate = gate or StartGate()
         self.listeners: list[StateListener] = []
         self._deps_overrides = deps_overrides or {}
@@ -66,7 +47,7 @@ class Manager:
 
     def _deps(self) -> ServiceDeps:
         deps = ServiceDeps(
-            http=self.http if self._shared_http else _probe_client(),
+            http=self.http,
             registry=self.registry,
             log_dir=self.log_dir,
             policy=lambda: self.config.policy,
@@ -112,7 +93,6 @@ class Manager:
             log.warning("shutdown.killed_leftovers", pids=sorted(r.pid for r in leftovers))
         for service in self.services.values():
             self.registry.forget(service.name)
-            await self._close_http(service)
 
     async def add_service(self, svc: ServiceConfig) -> Service:
         service = self._add(svc)
@@ -123,11 +103,10 @@ class Manager:
     async def remove_service(self, name: str) -> None:
         service = self.services.pop(name)
         await service.stop("removed")
-        await self._close_http(service)
 
-    async def _close_http(self, service: Service) -> None:
-        if not self._shared_http:
-            await service.deps.http.aclose()
+    async def aclose(self) -> None:
+        """Release the probe connections (after shutdown)."""
+        await self.http.close()
 
     # -- requests from the gateway and the control API -----------------------------------
 

@@ -86,4 +86,4 @@ async def manager_factory(state_dir: Path, tmp_path: Path) -> AsyncIterator[Any]
     yield make
     for manager in made:
         await manager.shutdown(deadline=5.0)
-        await manager.http.aclose()
+        await manager.aclose()

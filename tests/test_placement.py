@@ -78,7 +78,7 @@ async def placed(
     yield make
     for manager in made:
         await manager.shutdown(5.0)
-        await manager.http.aclose()
+        await manager.aclose()
 
 
 async def test_evicts_idle_service_lru(placed: Any) -> None:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import httpx
-
 from ..config.models import Policy, ServiceConfig
-from .base import base_url, flags, http_ok
+from .base import Prober, base_url, flags, http_ok
 
 
 class CommandEngine:
@@ -22,8 +20,8 @@ class CommandEngine:
     def _url(self, svc: ServiceConfig) -> str:
         return f"{base_url(svc)}{svc.spec.health.ready_path or '/v1/models'}"
 
-    async def ready(self, client: httpx.AsyncClient, svc: ServiceConfig, timeout: float) -> bool:
+    async def ready(self, client: Prober, svc: ServiceConfig, timeout: float) -> bool:
         return await http_ok(client, self._url(svc), timeout) is not None
 
-    async def live(self, client: httpx.AsyncClient, svc: ServiceConfig, timeout: float) -> bool:
+    async def live(self, client: Prober, svc: ServiceConfig, timeout: float) -> bool:
         return await self.ready(client, svc, timeout)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import httpx
-
 from ..config.models import Policy, ServiceConfig
 from ..durations import to_ollama_keep_alive
-from .base import base_url, flags, http_ok
+from .base import Prober, base_url, flags, http_ok
 
 
 class OllamaEngine:
@@ -33,10 +31,10 @@ class OllamaEngine:
             env["OLLAMA_CONTEXT_LENGTH"] = str(num_ctx)
         return env
 
-    async def ready(self, client: httpx.AsyncClient, svc: ServiceConfig, timeout: float) -> bool:
+    async def ready(self, client: Prober, svc: ServiceConfig, timeout: float) -> bool:
         return await http_ok(client, f"{base_url(svc)}/api/version", timeout) is not None
 
-    async def live(self, client: httpx.AsyncClient, svc: ServiceConfig, timeout: float) -> bool:
+    async def live(self, client: Prober, svc: ServiceConfig, timeout: float) -> bool:
         return await self.ready(client, svc, timeout)
 
 

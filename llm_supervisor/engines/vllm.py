@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import httpx
+import json
 
 from ..config.models import Policy, ServiceConfig
-from .base import base_url, flags, http_ok
+from .base import Prober, base_url, flags, http_ok
 
 
 class VllmEngine:
@@ -28,16 +28,16 @@ class VllmEngine:
     def env(self, svc: ServiceConfig, policy: Policy) -> dict[str, str]:
         return {"PYTHONUNBUFFERED": "1"}
 
-    async def ready(self, client: httpx.AsyncClient, svc: ServiceConfig, timeout: float) -> bool:
+    async def ready(self, client: Prober, svc: ServiceConfig, timeout: float) -> bool:
         # /health answers before the model can serve; /v1/models listing our name is ready.
-        response = await http_ok(client, f"{base_url(svc)}/v1/models", timeout)
-        if response is None:
+        body = await http_ok(client, f"{base_url(svc)}/v1/models", timeout)
+        if body is None:
             return False
         try:
-            names = {m.get("id") for m in response.json().get("data", [])}
+            names = {m.get("id") for m in json.loads(body).get("data", [])}
         except (ValueError, AttributeError):
             return False
         return svc.spec.public_name in names
 
-    async def live(self, client: httpx.AsyncClient, svc: ServiceConfig, timeout: float) -> bool:
+    async def live(self, client: Prober, svc: ServiceConfig, timeout: float) -> bool:
         return await http_ok(client, f"{base_url(svc)}/health", timeout) is not None

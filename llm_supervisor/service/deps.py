@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import httpx
-
 from ..config.models import Policy, ServiceConfig
+from ..engines.base import Prober
 from ..process.registry import GroupRegistry
 
 if TYPE_CHECKING:
@@ -31,7 +30,7 @@ StateListener = Callable[["Service", "State", "State", str], object]
 
 @dataclass
 class ServiceDeps:
-    http: httpx.AsyncClient
+    http: Prober
     registry: GroupRegistry
     log_dir: Path | None
     policy: Callable[[], Policy] = Policy

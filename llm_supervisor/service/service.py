@@ -31,6 +31,7 @@ from .states import ALLOWED, InvalidTransition, State
 
 log = get_logger(__name__)
 JITTER = 0.2
+TREE_SNAPSHOT_INTERVAL = 5.0  # seconds between process-tree snapshots of a ready engine
 
 
 @dataclass
@@ -307,6 +308,7 @@ class Service:
         exited = child.exited()
         self.health_failures = 0
         child.remember_tree()
+        snapshot_at = self.deps.clock()
         while True:
             health = self.config.spec.health
             done, _ = await asyncio.wait({exited}, timeout=health.interval)
@@ -321,7 +323,11 @@ class Service:
             started = self.deps.clock()
             ok = await self.engine.live(self.deps.http, self.config, health.timeout)
             self.health_latency = self.deps.clock() - started
-            child.remember_tree()
+            if started - snapshot_at >= TREE_SNAPSHOT_INTERVAL:
+                # Not every probe: reading /proc for 64 trees each second costs real CPU, and
+                # the environment marker finds any descendant a snapshot missed.
+                child.remember_tree()
+                snapshot_at = started
             self.health_failures = 0 if ok else self.health_failures + 1
             if not ok:
                 log.warning(
