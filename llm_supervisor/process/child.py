@@ -8,7 +8,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +81,8 @@ class ChildProcess:
         self.known: set[ProcRef] = snapshot_tree(proc.pid)
         self._exit = exited
         self._pump: asyncio.Task[None] | None = None
+        # Told when new descendants appear (the daemon persists them for the orphan sweep).
+        self.on_tree_grew: Callable[[ChildProcess], None] | None = None
 
     @classmethod
     async def spawn(
@@ -147,7 +149,10 @@ class ChildProcess:
     def remember_tree(self) -> set[ProcRef]:
         """Add the current descendants to what we know, so escapees can be found later."""
         if self.returncode is None:
+            before = len(self.known)
             self.known |= snapshot_tree(self.pid)
+            if len(self.known) > before and self.on_tree_grew is not None:
+                self.on_tree_grew(self)
         return self.known
 
     def tree_pids(self) -> list[int]:

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import StateDirBusyError
@@ -73,8 +74,18 @@ class GroupRegistry:
     def marker_prefix(self) -> str:
         return f"{self.state_dir}::"
 
-    def record(self, service: str, pid: int, create_time: float) -> None:
-        payload = {"service": service, "pid": pid, "pgid": pid, "create_time": create_time}
+    def record(
+        self, service: str, pid: int, create_time: float, tree: Iterable[ProcRef] = ()
+    ) -> None:
+        """Remember a live group and every process seen in its tree (with start times).
+
+        The tree matters for processes that rewrite their environment (vLLM's EngineCore and
+        Worker via setproctitle), where the marker cannot find them after a daemon crash.
+        """
+        payload = {
+            "service": service, "pid": pid, "pgid": pid, "create_time": create_time,
+            "tree": sorted([ref.pid, ref.create_time] for ref in tree),
+        }  # fmt: skip
         self._write(self.dir / f"{service}.json", json.dumps(payload))
 
     def forget(self, service: str) -> None:
@@ -119,6 +130,7 @@ class GroupRegistry:
             if ref.alive() is not None:
                 groups.append(int(str(rec["pgid"])))
                 victims.add(ref)
+            victims |= _recorded_tree(rec)
         # Decide who is a victim before killing anyone: after killpg a group's members are
         # zombies, and kill_refs would skip (and we would not log) them.
         killed = [ref for ref in victims if ref.alive() is not None]
@@ -133,3 +145,16 @@ class GroupRegistry:
         for rec in self.records():
             self.forget(str(rec["service"]))
         return sorted(r.pid for r in killed)
+
+
+def _recorded_tree(rec: dict[str, object]) -> set[ProcRef]:
+    """The tree members a record names that still run (same pid and start time)."""
+    refs = set()
+    for item in rec.get("tree") or []:  # type: ignore[attr-defined]
+        try:
+            ref = ProcRef(int(item[0]), float(item[1]))
+        except (TypeError, ValueError, IndexError):
+            continue
+        if ref.alive() is not None:
+            refs.add(ref)
+    return refs

@@ -1,8 +1,11 @@
 """Finding every process of an engine's tree, including those that escaped its group.
 
 Descendants that call setsid() or are reparented to init after their parent dies leave the
-process group, so killpg misses them. Two nets catch them: psutil snapshots of the tree taken
-while the parent lived, and an environment marker every descendant inherits.
+process group, so killpg misses them. Two nets catch them: snapshots of the tree taken while
+the parent lived (also persisted in the state dir for the sweep after a daemon crash), and an
+environment marker every descendant inherits. The marker is not seen on processes that
+rewrite their environment area: setproctitle does, so vLLM's ``VLLM::EngineCore`` and
+``VLLM::Worker`` are found by their process group and the snapshots instead.
 """
 
 from __future__ import annotations

@@ -258,11 +258,15 @@ class Service:
             parent_death_signal=self.deps.parent_death_signal,
         )  # fmt: skip
         self._child = child
-        self.deps.registry.record(self.name, child.pid, _create_time(child.pid))
+        child.on_tree_grew = self._record_tree
+        self._record_tree(child)
         log.info(
             "service.spawned", service=self.name, pid=child.pid, argv=self.engine.argv(self.config)
         )
         return child
+
+    def _record_tree(self, child: ChildProcess) -> None:
+        self.deps.registry.record(self.name, child.pid, _create_time(child.pid), child.known)
 
     def _environment(self) -> dict[str, str]:
         env = clean_child_env(os.environ)
