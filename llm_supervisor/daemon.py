@@ -175,8 +175,9 @@ class Daemon:
         self._spawn(group, "status", self._status_loop())
         await self.manager.start_boot_services()
         self.notifier.ready(status=summary_line(self))
+        # WATCHDOG=1 is sent from this event loop: if the loop blocks, systemd notices.
         self._spawn(group, "watchdog", watchdog_loop(
-            self.notifier, self.notifier.watchdog_interval(), self._loop_healthy
+            self.notifier, self.notifier.watchdog_interval()
         ))  # fmt: skip
         log.info("daemon.ready", services=len(self.manager.services),
                  control=self.options.control, gateway=self.gateway_address)  # fmt: skip
@@ -199,10 +200,6 @@ class Daemon:
 
     def _spawn(self, group: asyncio.TaskGroup, name: str, coro: Any) -> None:
         self._tasks[name] = group.create_task(coro, name=name)
-
-    def _loop_healthy(self) -> bool:
-        # WATCHDOG=1 is sent from this loop; a blocked loop misses it and systemd acts.
-        return not self._stop.is_set() or self._signals < 3
 
     async def _status_loop(self) -> None:
         while True:
