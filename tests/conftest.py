@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,14 +15,10 @@ from llm_supervisor.manager import Manager
 from llm_supervisor.process.registry import GroupRegistry
 from llm_supervisor.process.tree import find_marked, kill_refs
 
+from .daemon_harness import free_port  # one source of ports: never the same one twice
+
 FAKES = Path(__file__).parent / "fakes"
 FAKE_ENGINE = str(FAKES / "fake_engine.py")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def fake_service(name: str, *flags: str, engine: str = "vllm", **spec: Any) -> ServiceConfig:

@@ -10,7 +10,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -21,7 +20,7 @@ from typing import Any
 import pytest
 
 from llm_supervisor.process.tree import ProcRef, find_marked, kill_refs
-from tests.daemon_harness import CLI, DaemonProcess, clean_env, fake_vllm
+from tests.daemon_harness import CLI, DaemonProcess, clean_env, fake_vllm, free_port
 
 # Restart at once after a ready run dies, and never give up: the attacks below kill engines
 # far more often than any real restart policy would tolerate.
@@ -29,15 +28,8 @@ TIRELESS = {"max_failures": 100000, "window": 1, "backoff_initial": 0.05, "backo
 
 
 def distinct_ports(n: int) -> list[int]:
-    """``n`` different free loopback ports (free_port() twice can return the same one)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for sock in socks:
-            sock.close()
+    """``n`` different free loopback ports, none handed out before in this run."""
+    return [free_port() for _ in range(n)]
 
 
 def engines(n: int, *flags: str, prefix: str = "svc", **spec: Any) -> dict[str, dict[str, Any]]:
