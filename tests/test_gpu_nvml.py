@@ -294,6 +294,7 @@ async def test_real_backend_never_raises_here() -> None:
 
 def run_gpus(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if k != ENV_VAR} | (env or {})
+    full_env.setdefault("LLM_SUPERVISOR_CONTROL", "unix:/nonexistent/control.sock")  # local
     return subprocess.run(
         [sys.executable, "-m", "llm_supervisor.cli", "gpus", *args],
         capture_output=True,

@@ -1,7 +1,8 @@
 """``llm-supervisor gpus [--json]``: GPUs, their memory and who holds it.
 
-For now it reads NVML directly in this process; ``render_gpus`` takes the plain dict of
-``gpu.attribution.snapshot_dict`` so the same text comes out when the daemon answers.
+It asks the daemon first, which knows which engine process belongs to which service;
+when no daemon answers it reads NVML in this process (processes then have no service).
+``render_gpus`` takes the plain dict of ``gpu.attribution.snapshot_dict`` either way.
 Without a GPU it prints "GPU telemetry unavailable: <reason>" and exits 0: a machine
 without GPUs is a fact to report, not an error.
 """
@@ -13,6 +14,8 @@ import asyncio
 import json
 from typing import Any
 
+from ..control.client import add_control_arguments, client_from_args
+from ..errors import DaemonUnreachableError
 from ..gpu.attribution import process_names, snapshot_dict
 from ..gpu.fake import make_backend
 from ..gpu.nvml import GpuMonitor, GpuSnapshot
@@ -25,15 +28,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout", type=float, default=5.0, help="Seconds to wait for NVML (default 5)."
     )
+    parser.add_argument("--local", action="store_true", help="Read NVML here; skip the daemon.")
+    add_control_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     configure_logging(level="error")  # the reason is printed below; keep stdout clean
-    snap = asyncio.run(_local_snapshot(args.timeout))
-    pids = [p.pid for d in snap.devices for p in d.processes]
-    data = snapshot_dict(snap, names=process_names(pids))
+    data = None if args.local else _from_daemon(args)
+    if data is None:
+        snap = asyncio.run(_local_snapshot(args.timeout))
+        pids = [p.pid for d in snap.devices for p in d.processes]
+        data = snapshot_dict(snap, names=process_names(pids))
     print(json.dumps(data, indent=2) if args.json else render_gpus(data))
     return 0
+
+
+def _from_daemon(args: argparse.Namespace) -> dict[str, Any] | None:
+    try:
+        with client_from_args(args) as client:
+            return client.gpus()
+    except DaemonUnreachableError:
+        return None
 
 
 async def _local_snapshot(nvml_timeout: float) -> GpuSnapshot:

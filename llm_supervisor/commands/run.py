@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shutdown-timeout", type=float, default=60.0)
     parser.add_argument("--no-watch", action="store_true", help="reload only on SIGHUP/CLI")
     parser.add_argument(
+        "--gpu-interval", type=float, default=5.0, help="seconds between NVML readings"
+    )
+    parser.add_argument(
         "--log-format", choices=["auto", "json", "console", "journal"], default="auto"
     )
     parser.add_argument("--log-level", default="info")
@@ -72,5 +75,6 @@ def run(args: argparse.Namespace) -> int:
         socket_group=args.socket_group,
         shutdown_timeout=args.shutdown_timeout,
         watch=not args.no_watch,
+        gpu_interval=args.gpu_interval,
     )
     return asyncio.run(Daemon(options).run())
