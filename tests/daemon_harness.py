@@ -58,6 +58,19 @@ def wait_until(check: Callable[[], T | None], timeout: float = 15.0, what: str =
     raise WaitTimeout(f"timed out after {timeout:g}s waiting for {what or check}; last={last!r}")
 
 
+def read_events(path: Path, name: str | None = None) -> list[dict[str, Any]]:
+    """The JSON-line events in a daemon log file, optionally only those named ``name``."""
+    found = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and (name is None or event.get("event") == name):
+            found.append(event)
+    return found
+
+
 # -- config files ----------------------------------------------------------------------
 
 
@@ -174,15 +187,7 @@ class DaemonProcess:
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
         """The daemon's structured log events so far (JSON lines on its stderr)."""
-        found = []
-        for line in self.stderr_path.read_text(errors="replace").splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(event, dict) and (name is None or event.get("event") == name):
-                found.append(event)
-        return found
+        return read_events(self.stderr_path, name)
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.stderr_path.read_text(errors="replace").splitlines()[-lines:])

@@ -302,3 +302,24 @@ def test_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLM_SUPERVISOR_CONTROL", "127.0.0.1:7")
     assert default_control_address() == "127.0.0.1:7"
     assert default_control_address("unix:/x.sock") == "unix:/x.sock"
+
+
+def test_operator_without_own_daemon_reaches_the_system_socket(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from llm_supervisor.control import address
+
+    system = tmp_path / "control.sock"
+    system.touch()
+    monkeypatch.setattr(address, "SYSTEM_SOCKET", system)
+    monkeypatch.setattr(address.os, "geteuid", lambda: 1000)
+    monkeypatch.delenv("LLM_SUPERVISOR_CONTROL", raising=False)
+    monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "user"))
+    assert address.default_control_address(client=True) == f"unix:{system}"
+    # The daemon itself never binds the system path for a user, and an own socket wins.
+    assert address.default_control_address() == f"unix:{tmp_path}/user/llm-supervisor/control.sock"
+    own = tmp_path / "user" / "llm-supervisor" / "control.sock"
+    own.parent.mkdir(parents=True)
+    own.touch()
+    assert address.default_control_address(client=True) == f"unix:{own}"

@@ -27,6 +27,7 @@ from llm_supervisor.process.tree import MARKER_ENV, ProcRef, find_marked, kill_r
 from llm_supervisor.service.states import State
 
 from .conftest import FAKE_ENGINE, fake_service, free_port
+from .daemon_harness import read_events
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -83,15 +84,7 @@ class DaemonProcess:
     # -- the log -----------------------------------------------------------------------
 
     def events(self, name: str | None = None) -> list[Event]:
-        found = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(event, dict) and (name is None or event.get("event") == name):
-                found.append(event)
-        return found
+        return read_events(self.log_path, name)
 
     def wait_for(self, accept: Callable[[list[Event]], bool], timeout: float = 30.0) -> None:
         """Poll the log (the daemon's only outward event stream) until ``accept`` holds."""

@@ -82,7 +82,7 @@ async def serve(args: argparse.Namespace) -> int:
 
     from ..control.server import bind_tcp
 
-    address = default_control_address(args.control)
+    address = default_control_address(args.control, client=True)
     env_token = os.environ.get("LLM_SUPERVISOR_TOKEN_FILE")
     token_file = args.token_file or (Path(env_token) if env_token else None)
     upstream = upstream_client(address, read_token(token_file))

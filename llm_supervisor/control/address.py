@@ -11,9 +11,19 @@ from pathlib import Path
 
 from ..errors import ControlAddressError, ControlError
 
+SYSTEM_SOCKET = Path("/run/llm-supervisor/control.sock")
 
-def default_control_address(arg: str | None = None) -> str:
-    """``--control``, else $LLM_SUPERVISOR_CONTROL, else the default socket (DESIGN.md)."""
+
+def default_control_address(arg: str | None = None, *, client: bool = False) -> str:
+    """``--control``, else $LLM_SUPERVISOR_CONTROL, else the default socket (DESIGN.md).
+
+    ``client``: an operator (not root) in the socket's group asking the system daemon has
+    no per-user socket; when that one does not exist but the system one does, use it.
+    """
+    if client and os.geteuid() != 0 and not arg and not os.environ.get("LLM_SUPERVISOR_CONTROL"):
+        personal = default_control_address()
+        if not Path(personal.removeprefix("unix:")).exists() and SYSTEM_SOCKET.exists():
+            return f"unix:{SYSTEM_SOCKET}"
     if arg:
         return arg
     env = os.environ
@@ -22,7 +32,7 @@ def default_control_address(arg: str | None = None) -> str:
     if env.get("RUNTIME_DIRECTORY"):  # systemd RuntimeDirectory=, may list several
         return f"unix:{env['RUNTIME_DIRECTORY'].split(':')[0]}/control.sock"
     if os.geteuid() == 0:
-        return "unix:/run/llm-supervisor/control.sock"
+        return f"unix:{SYSTEM_SOCKET}"
     if env.get("XDG_RUNTIME_DIR"):
         return f"unix:{env['XDG_RUNTIME_DIR']}/llm-supervisor/control.sock"
     return f"unix:/tmp/llm-supervisor-{os.getuid()}/control.sock"

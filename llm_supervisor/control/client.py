@@ -106,7 +106,7 @@ class ControlClient:
     """Synchronous client; one instance per CLI invocation."""
 
     def __init__(self, address: str | None = None, token_file: Path | None = None) -> None:
-        self.address = default_control_address(address)
+        self.address = default_control_address(address, client=True)
         host, where = parse_address(self.address)
         env_token = os.environ.get("LLM_SUPERVISOR_TOKEN_FILE")
         token = read_token(token_file or (Path(env_token) if env_token else None))
