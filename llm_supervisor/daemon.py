@@ -9,10 +9,12 @@ import asyncio
 import contextlib
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import lastresort
 from .backend import DaemonBackend
 from .config.load import load_config
 from .config.models import Config
@@ -26,6 +28,7 @@ from .logsetup import get_logger
 from .manager import Manager
 from .placement import Placement
 from .process.registry import GroupRegistry
+from .process.tree import find_marked, kill_refs, killpg
 from .relief import relieve
 from .reload import Reloader
 from .sdnotify import SystemdNotifier, watchdog_loop
@@ -33,6 +36,8 @@ from .status import summary_line
 from .watcher import watch_config_dir
 
 log = get_logger(__name__)
+
+LAST_RESORT_MARGIN = 30.0  # seconds past the shutdown deadline before lastresort fires
 
 
 @dataclass
@@ -62,6 +67,7 @@ class Daemon:
         self.reloader: Reloader | None = None
         self._stop = asyncio.Event()
         self._signals = 0
+        self._disarm: Callable[[], None] = lambda: None
         self.manager: Manager  # set in run(), after the config is known to be valid
 
     @property
@@ -118,6 +124,7 @@ class Daemon:
         finally:
             await self._backstop()
             self.registry.release()
+            self._disarm()
         log.info("daemon.stopped")
         return 0
 
@@ -211,6 +218,8 @@ class Daemon:
     async def _shutdown(self) -> None:
         deadline = self.options.shutdown_timeout
         log.info("daemon.stopping", deadline=deadline)
+        # 0. Whatever happens below, the process ends: stacks on stderr, engines killed.
+        self._disarm = lastresort.arm(deadline + LAST_RESORT_MARGIN, self._kill_engines_now)
         # 1. Tell systemd, so `systemctl status` says "deactivating" from now on.
         self.notifier.stopping()
         # 2. No more reloads: a reload racing the shutdown could start a service again.
@@ -233,6 +242,11 @@ class Daemon:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+    def _kill_engines_now(self) -> None:
+        kill_refs(find_marked(self.registry.marker_prefix, prefix=True))
+        for record in self.registry.records():
+            killpg(int(str(record["pgid"])), signal.SIGKILL)
 
     async def _backstop(self) -> None:
         """Whatever path led here (crash of a listener included), leave no engine behind."""
