@@ -14,7 +14,7 @@ from .gate import StartGate
 from .logsetup import get_logger
 from .process.output import LogLine
 from .process.registry import GroupRegistry
-from .process.tree import find_marked, kill_refs
+from .process.tree import find_marked_async, kill_refs
 from .service.deps import ServiceDeps, StateListener
 from .service.service import Service
 
@@ -88,7 +88,8 @@ class Manager:
                 if task.exception() is not None:
                     log.error("shutdown.stop_failed", error=repr(task.exception()))
         # Backstop: anything still carrying our marker is killed, whatever state it is in.
-        leftovers = kill_refs(find_marked(self.registry.marker_prefix, prefix=True))
+        marked = await find_marked_async(self.registry.marker_prefix, prefix=True)
+        leftovers = kill_refs(marked)
         if leftovers:
             log.warning("shutdown.killed_leftovers", pids=sorted(r.pid for r in leftovers))
         for service in self.services.values():

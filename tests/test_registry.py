@@ -44,3 +44,18 @@ async def test_recorded_pid_reused_by_another_process_is_spared(
     registry.record("svc", 999_999_999, 1.0, tree={wrong_start})
     assert await registry.kill_orphans(timeout=1.0) == []
     assert ProcRef.of(psutil.Process(sleeper.pid)).alive() is not None
+
+
+async def test_marker_scan_that_blocks_does_not_stall_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    from llm_supervisor.process import tree
+
+    release = threading.Event()
+    monkeypatch.setattr(tree, "find_marked", lambda marker, prefix=False: release.wait(10) or set())
+    try:
+        assert await tree.find_marked_async("x", timeout=0.2) == set()
+    finally:
+        release.set()

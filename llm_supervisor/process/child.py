@@ -15,7 +15,15 @@ from pathlib import Path
 from ..errors import StartFailedError
 from ..logsetup import get_logger
 from .output import OutputRing, RotatingFile, pump
-from .tree import MARKER_ENV, ProcRef, find_marked, group_alive, kill_refs, killpg, snapshot_tree
+from .tree import (
+    MARKER_ENV,
+    ProcRef,
+    find_marked_async,
+    group_alive,
+    kill_refs,
+    killpg,
+    snapshot_tree,
+)
 
 log = get_logger(__name__)
 
@@ -163,7 +171,7 @@ class ChildProcess:
     async def stop(self, grace: float) -> ExitStatus:
         """SIGTERM the group → wait ``grace`` → SIGKILL the group → sweep escapees → reap."""
         self.remember_tree()
-        escapees = self._escapees()
+        escapees = await self._escapees()
         log.info("stop.term", service=self.name, pid=self.pid, grace=grace)
         killpg(self.pgid, signal.SIGTERM)
         kill_refs(escapees, signal.SIGTERM)
@@ -175,7 +183,7 @@ class ChildProcess:
         """SIGKILL whatever is left of the tree (used after a crash as well) and reap it."""
         self.remember_tree()
         killpg(self.pgid, signal.SIGKILL)
-        leftovers = kill_refs(self._escapees() | self.known, signal.SIGKILL)
+        leftovers = kill_refs(await self._escapees() | self.known, signal.SIGKILL)
         stragglers = [r for r in leftovers if r.pid != self.pid]
         if stragglers:
             log.warning("stop.sweep", service=self.name, pids=sorted(r.pid for r in stragglers))
@@ -187,9 +195,9 @@ class ChildProcess:
                 await asyncio.wait_for(asyncio.shield(self._pump), 1.0)
         return status
 
-    def _escapees(self) -> set[ProcRef]:
+    async def _escapees(self) -> set[ProcRef]:
         """Processes of our tree that are no longer in our process group."""
-        refs = self.known | find_marked(self.marker)
+        refs = self.known | await find_marked_async(self.marker)
         outside = set()
         for ref in refs:
             proc = ref.alive()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..errors import StateDirBusyError
 from ..logsetup import get_logger
-from .tree import MARKER_ENV, ProcRef, find_marked, kill_refs, killpg
+from .tree import MARKER_ENV, ProcRef, find_marked_async, kill_refs, killpg
 
 log = get_logger(__name__)
 
@@ -123,7 +123,7 @@ class GroupRegistry:
 
     async def kill_orphans(self, timeout: float = 10.0) -> list[int]:
         """Kill every process a previous daemon on this state dir left behind."""
-        victims: set[ProcRef] = find_marked(self.marker_prefix, prefix=True)
+        victims = await find_marked_async(self.marker_prefix, prefix=True, timeout=30.0)
         groups = []
         for rec in self.records():
             ref = ProcRef(int(str(rec["pid"])), float(str(rec["create_time"])))

@@ -10,11 +10,18 @@ rewrite their environment area: setproctitle does, so vLLM's ``VLLM::EngineCore`
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
+import threading
 from dataclasses import dataclass
 
 import psutil
+
+from ..logsetup import get_logger
+
+log = get_logger(__name__)
 
 MARKER_ENV = "LLM_SUPERVISOR_OWNER"
 
@@ -114,6 +121,38 @@ def find_marked(marker: str, *, prefix: bool = False) -> set[ProcRef]:
         except psutil.Error:
             continue
     return found
+
+
+SCAN_TIMEOUT = 5.0
+
+
+async def find_marked_async(
+    marker: str, *, prefix: bool = False, timeout: float = SCAN_TIMEOUT
+) -> set[ProcRef]:
+    """``find_marked`` in a daemon thread, bounded by ``timeout``.
+
+    Opening /proc/PID/environ takes the target's exec lock; a process stuck in exec (or
+    in the kernel) can hold it for a long time, and the event loop must not wait on that.
+    An empty answer after the timeout only weakens the sweep: groups and snapshots remain.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[set[ProcRef]] = loop.create_future()
+
+    def deliver(result: set[ProcRef]) -> None:
+        if not future.done():
+            future.set_result(result)
+
+    def work() -> None:
+        result = find_marked(marker, prefix=prefix)
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(deliver, result)
+
+    threading.Thread(target=work, name="find-marked", daemon=True).start()
+    try:
+        return await asyncio.wait_for(asyncio.shield(future), timeout)
+    except TimeoutError:
+        log.error("scan.timeout", marker=marker, timeout=timeout)
+        return set()
 
 
 def kill_refs(refs: set[ProcRef], sig: int = signal.SIGKILL) -> list[ProcRef]:
