@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
@@ -40,7 +41,7 @@ def build_status(daemon: Daemon) -> dict[str, Any]:
             "default": format_duration(config.policy.keep_alive.default),
             "focus": list(config.policy.focus),
             "pin": list(config.policy.pin),
-            "rewrites": _rewrites(policy_view.get("stats", {})),
+            "rewrites": _rewrites(daemon.gateway.stats.rewrites if daemon.gateway else Counter()),
         },
         "reload": daemon.reloader.last.to_json() if daemon.reloader else {},
     }
@@ -51,11 +52,11 @@ def _model_row(row: dict[str, Any], config: Any) -> dict[str, Any]:
     return {**row, "name": row.get("model"), "pinned": row.get("model") in config.policy.pin}
 
 
-def _rewrites(stats: dict[str, Any]) -> list[dict[str, Any]]:
-    rows: dict[tuple[str, str], int] = {}
-    for key, count in (stats.get("rewrites") or {}).items():
-        model, rule, *_ = f"{key}||".split("|")
-        rows[(model, rule)] = rows.get((model, rule), 0) + int(count)
+def _rewrites(counts: Counter[tuple[str, str, str]]) -> list[dict[str, Any]]:
+    """Rewrites per (model, rule), summed over the gateway's kinds of rewrite."""
+    rows: Counter[tuple[str, str]] = Counter()
+    for (model, rule, _kind), count in counts.items():
+        rows[(model, rule)] += count
     return [{"model": m, "rule": r, "count": n} for (m, r), n in sorted(rows.items())]
 
 
