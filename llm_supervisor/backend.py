@@ -16,6 +16,7 @@ from .status import build_status
 
 if TYPE_CHECKING:
     from .daemon import Daemon
+    from .manager import Manager
 
 
 class DaemonBackend:
@@ -23,7 +24,7 @@ class DaemonBackend:
         self.daemon = daemon
 
     @property
-    def manager(self) -> Any:
+    def manager(self) -> Manager:
         return self.daemon.manager
 
     # -- control API -------------------------------------------------------------------
@@ -54,15 +55,15 @@ class DaemonBackend:
         return await asyncio.shield(future)
 
     def log_tail(self, name: str, lines: int, since: float | None) -> list[LogLine]:
-        return self.manager.log_tail(name, lines, since)  # type: ignore[no-any-return]
+        return self.manager.log_tail(name, lines, since)
 
     def follow_logs(self, name: str) -> AsyncIterator[LogLine]:
-        return self.manager.follow_logs(name)  # type: ignore[no-any-return]
+        return self.manager.follow_logs(name)
 
     # -- gateway -----------------------------------------------------------------------
 
     def config(self) -> Config:
-        return self.manager.config  # type: ignore[no-any-return]
+        return self.manager.config
 
     async def ensure_ready(self, service: str) -> None:
         svc = self.manager.get(service)

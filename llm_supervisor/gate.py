@@ -36,7 +36,3 @@ class StartGate:
             if self.admit is not None:
                 await self.admit(service)
             yield
-
-    def busy(self, gpu: str) -> bool:
-        lock = self._locks.get(gpu)
-        return lock is not None and lock.locked()

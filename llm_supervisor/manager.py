@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -111,13 +111,10 @@ class Manager:
 
     # -- requests from the gateway and the control API -----------------------------------
 
-    async def ensure_ready(self, name: str, timeout: float | None = None) -> None:
-        await self.get(name).ensure_ready(timeout)
-
-    def note_request(self, name: str, now: Callable[[], float] | None = None) -> None:
+    def note_request(self, name: str) -> None:
         service = self.services.get(name)
         if service is not None:
-            service.last_request = (now or service.deps.clock)()
+            service.last_request = service.deps.clock()
 
     def log_tail(self, name: str, lines: int, since: float | None) -> list[LogLine]:
         return self.get(name).ring.tail(lines, since)

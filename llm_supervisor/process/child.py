@@ -87,6 +87,9 @@ class ChildProcess:
         self.name = name
         self.started_at = time.monotonic()
         self.known: set[ProcRef] = snapshot_tree(proc.pid)
+        root = next((ref for ref in self.known if ref.pid == proc.pid), None)
+        # The start time tells this pid from a recycled one in the state-dir record.
+        self.create_time = root.create_time if root is not None else time.time()
         self._exit = exited
         self._pump: asyncio.Task[None] | None = None
         # Told when new descendants appear (the daemon persists them for the orphan sweep).

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -266,7 +265,7 @@ class Service:
         return child
 
     def _record_tree(self, child: ChildProcess) -> None:
-        self.deps.registry.record(self.name, child.pid, _create_time(child.pid), child.known)
+        self.deps.registry.record(self.name, child.pid, child.create_time, child.known)
 
     def _environment(self) -> dict[str, str]:
         env = clean_child_env(os.environ)
@@ -453,12 +452,3 @@ class Service:
             base = current.to_json(now)
         base["elapsed"] = round(now - self.starting_since, 3)
         return base
-
-
-def _create_time(pid: int) -> float:
-    import psutil
-
-    try:
-        return float(psutil.Process(pid).create_time())
-    except psutil.Error:
-        return time.time()
