@@ -1,20 +1,17 @@
-"""The gateway's ASGI app and its server.
+"""The gateway's HTTP server: aiohttp's low-level server with one handler, no router.
 
-A plain ASGI callable rather than Starlette routing: the hot path is "read a small JSON
-body, maybe rewrite it, stream the answer back", and every layer costs at 64 clients
-(see upstream.py for the measurement that chose aiohttp).
+The hot path is "read a small JSON body, maybe rewrite it, stream the answer back", and every
+layer costs at 64 clients (see upstream.py for the measurement that chose aiohttp).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator
 
-import uvicorn
-from starlette.types import Receive, Scope, Send
+from aiohttp import web
 
 from ..errors import StartFailedError
 from ..logsetup import get_logger
@@ -25,13 +22,11 @@ from .models_view import Clock, PolicyState
 from .pins import PinReconciler
 from .routing import ollama_for
 from .stats import GatewayStats
-from .upstream import ErrorBody, UpstreamClient, UpstreamUnavailable, ollama_error, send_json
+from .upstream import ErrorBody, UpstreamClient, UpstreamUnavailable, json_response, ollama_error
 
 log = get_logger(__name__)
 
-
-class ClientGone(Exception):
-    """The client disconnected while we were reading its request."""
+GRACEFUL_SHUTDOWN = 5.0  # open streams get this long to finish when the gateway stops
 
 
 class Gateway:
@@ -55,77 +50,62 @@ class Gateway:
         self.started_at = int(clock())
         self.port: int | None = None  # the bound port once serving (useful with port 0)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return
-        path: str = scope["path"]
-        try:
-            if path.startswith("/api/"):
-                await ollama_api.handle(self, scope, receive, send)
-            elif path.startswith("/v1/"):
-                await openai_api.handle(self, scope, receive, send)
-            elif path == "/" and (up := ollama_for(self.backend.config(), None)):
-                await self.route(up, scope, receive, send, b"", ollama_error, ensure=False)
-            else:
-                await send_json(send, 404, {"error": f"no route for {path}"})
-        except ClientGone:
-            return
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        path = request.path
+        if path.startswith("/api/"):
+            return await ollama_api.handle(self, request)
+        if path.startswith("/v1/"):
+            return await openai_api.handle(self, request)
+        if path == "/" and (up := ollama_for(self.backend.config(), None)):
+            return await self.route(up, request, b"", ollama_error, ensure=False)
+        return json_response(404, {"error": f"no route for {path}"})
 
-    async def read_body(self, receive: Receive) -> bytes:
-        chunks = []
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                return b"".join(chunks)
+    async def read_body(self, request: web.BaseRequest) -> bytes:
+        # Not request.read(): it refuses bodies over 1 MiB, and images in a chat are bigger.
+        return await request.content.read()
 
-    async def body_stream(self, receive: Receive) -> AsyncIterator[bytes]:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone
-            yield message.get("body", b"")
-            if not message.get("more_body"):
-                return
+    async def body_stream(self, request: web.BaseRequest) -> AsyncIterator[bytes]:
+        async for chunk in request.content.iter_any():
+            yield chunk
 
     async def route(
         self,
         up: Upstream,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
+        request: web.BaseRequest,
         body: bytes | AsyncIterator[bytes] | None,
         error_body: ErrorBody,
         *,
         model: str | None = None,
         api: str = "ollama",
         ensure: bool = True,
-    ) -> None:
+    ) -> web.StreamResponse:
         """Start the service if needed (the request waits), then forward and stream back."""
         if ensure:
             try:
                 await self.backend.ensure_ready(up.service)
             except StartFailedError as exc:
                 log.warning("gateway.start_failed", service=up.service, error=str(exc))
-                await send_json(send, 503, error_body(503, f"{exc} {exc.hint}".strip()))
-                return
+                return json_response(503, error_body(503, f"{exc} {exc.hint}".strip()))
+            except TimeoutError:
+                message = f"service {up.service} did not become ready within its startup_timeout"
+                log.warning("gateway.start_timeout", service=up.service)
+                return json_response(504, error_body(504, message))
         self.backend.note_request(up.service)
         self.stats.requests[(up.service, api)] += 1
         self.state.request_started(up.service, model)
         try:
-            completed = await self.client.forward(up, scope, receive, send, body, error_body)
+            return await self.client.forward(up, request, body)
         except UpstreamUnavailable as exc:
             self.stats.upstream_errors[up.service] += 1
             log.warning("gateway.upstream_unavailable", service=up.service, error=str(exc))
-            await send_json(send, 502, error_body(502, str(exc)))
-            return
+            return json_response(502, error_body(502, str(exc)))
+        except asyncio.CancelledError:
+            if request.transport is None:  # the client hung up; aiohttp cancelled us
+                self.stats.disconnects[up.service] += 1
+                log.info("gateway.client_disconnect", service=up.service, model=model)
+            raise
         finally:
             self.state.request_ended(up.service, model)
-        if not completed:
-            self.stats.disconnects[up.service] += 1
-            log.info("gateway.client_disconnect", service=up.service, model=model)
 
     async def run_loops(self) -> None:
         """The pin reconciler and the idle watcher; runs until cancelled."""
@@ -137,53 +117,27 @@ class Gateway:
         self, host: str, port: int, ready_event: asyncio.Event | None = None, loops: bool = True
     ) -> None:
         """Serve until cancelled; then finish gracefully (open streams get 5 s)."""
-        config = uvicorn.Config(
-            self,
-            host=host,
-            port=port,
-            lifespan="off",
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=5,
-            server_header=False,
-        )
-        server = _Server(config, self, ready_event)
+        # handler_cancellation: a client that hangs up cancels its handler, and with it the
+        # engine request (the rule "client gone → upstream cancelled").
+        server = web.Server(self.handle, handler_cancellation=True, access_log=None)
+        runner = web.ServerRunner(server, shutdown_timeout=GRACEFUL_SHUTDOWN)
+        await runner.setup()
         loop_task = asyncio.create_task(self.run_loops()) if loops else None
-        serving = asyncio.create_task(server.serve())
         try:
-            await asyncio.shield(serving)
-        except asyncio.CancelledError:
-            server.should_exit = True
-            await serving
-            raise
+            await web.TCPSite(runner, host, port).start()
+            self.port = runner.addresses[0][1]
+            if ready_event is not None:
+                ready_event.set()
+            await asyncio.Event().wait()  # until cancelled
         finally:
+            # Ordered: stop accepting and let open requests finish (bounded), then stop the
+            # loops that may still talk to engines, then close the engine connections.
+            await runner.cleanup()
             if loop_task is not None:
                 loop_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await loop_task
             await self.client.close()
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its signal handlers: the daemon owns SIGTERM/SIGINT/SIGHUP."""
-
-    def __init__(
-        self, config: uvicorn.Config, gateway: Gateway, ready: asyncio.Event | None
-    ) -> None:
-        super().__init__(config)
-        self._gateway = gateway
-        self._ready = ready
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        if self.servers and self.servers[0].sockets:
-            self._gateway.port = self.servers[0].sockets[0].getsockname()[1]
-        if self._ready is not None and self.started:
-            self._ready.set()
 
 
 async def serve_gateway(

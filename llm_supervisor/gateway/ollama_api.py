@@ -6,13 +6,13 @@ import json
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-from starlette.types import Receive, Scope, Send
+from aiohttp import web
 
 from ..config.models import Policy
 from ..logsetup import get_logger
 from .keepalive import Decision, KeepAliveParseError, focus_allows, resolve_keep_alive
 from .routing import ollama_for, ollama_services
-from .upstream import ollama_error, send_json
+from .upstream import json_response, ollama_error
 
 if TYPE_CHECKING:
     from .app import Gateway
@@ -29,39 +29,32 @@ class Refusal(Exception):
         self.payload = payload
 
 
-async def handle(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
-    path, config = scope["path"], gw.backend.config()
+async def handle(gw: Gateway, request: web.BaseRequest) -> web.StreamResponse:
+    path, config = request.path, gw.backend.config()
     if path.startswith("/api/blobs/"):  # model uploads: stream, never buffer gigabytes
         up = ollama_for(config, None)
         if up is None:
-            await send_json(send, 404, {"error": "no Ollama service is configured"})
-            return
-        await gw.route(up, scope, receive, send, gw.body_stream(receive), ollama_error)
-        return
+            return json_response(404, {"error": "no Ollama service is configured"})
+        return await gw.route(up, request, gw.body_stream(request), ollama_error)
     if path in MERGED_PATHS and len(ollama_services(config)) > 1:
-        await _merged(gw, path, send)
-        return
-    body = await gw.read_body(receive)
+        return await _merged(gw, path)
+    body = await gw.read_body(request)
     payload = _json_object(body)
     model = payload.get("model") or payload.get("name") if payload else None
     model = model if isinstance(model, str) else None
     if path in POLICY_PATHS and payload is not None and model:
         try:
-            if _apply_policy(gw, scope, payload, model, config.policy):
+            if _apply_policy(gw, request.remote or "?", payload, model, config.policy):
                 body = json.dumps(payload).encode()
         except Refusal as refusal:
-            await send_json(send, refusal.status, refusal.payload)
-            return
+            return json_response(refusal.status, refusal.payload)
     up = ollama_for(config, model)
     if up is None:
-        await send_json(send, 404, {"error": "no Ollama service is configured"})
-        return
+        return json_response(404, {"error": "no Ollama service is configured"})
     inference = path in POLICY_PATHS
-    await gw.route(
+    return await gw.route(
         up,
-        scope,
-        receive,
-        send,
+        request,
         body,
         ollama_error,
         model=model if inference else None,
@@ -78,10 +71,9 @@ def _json_object(body: bytes) -> dict[str, Any] | None:
 
 
 def _apply_policy(
-    gw: Gateway, scope: Scope, payload: dict[str, Any], model: str, policy: Policy
+    gw: Gateway, client: str, payload: dict[str, Any], model: str, policy: Policy
 ) -> bool:
     """Focus, keep_alive and forced options; True if the payload changed."""
-    client = (scope.get("client") or ("?",))[0]
     if not focus_allows(model, policy):
         gw.stats.focus_refusals[model] += 1
         log.info("focus.refused", client=client, model=model, focus=list(policy.focus))
@@ -141,7 +133,7 @@ def _force_options(gw: Gateway, payload: dict[str, Any], model: str, policy: Pol
     return True
 
 
-async def _merged(gw: Gateway, path: str, send: Send) -> None:
+async def _merged(gw: Gateway, path: str) -> web.Response:
     """/api/tags and /api/ps across several Ollama services (unreachable ones are skipped)."""
     models: list[Any] = []
     reached = 0
@@ -152,6 +144,5 @@ async def _merged(gw: Gateway, path: str, send: Send) -> None:
         except (aiohttp.ClientError, TimeoutError, ValueError):
             continue
     if not reached:
-        await send_json(send, 502, {"error": "no Ollama service is reachable"})
-        return
-    await send_json(send, 200, {"models": models})
+        return json_response(502, {"error": "no Ollama service is reachable"})
+    return json_response(200, {"models": models})

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from starlette.types import Receive, Scope, Send
+from aiohttp import web
 
 from ..logsetup import get_logger
 from .keepalive import focus_allows
 from .routing import openai_model_list, openai_route
-from .upstream import openai_error, send_json
+from .upstream import json_response, openai_error
 
 if TYPE_CHECKING:
     from .app import Gateway
@@ -30,41 +30,29 @@ def not_found(model: str) -> dict[str, Any]:
     )
 
 
-async def handle(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
-    path, config = scope["path"], gw.backend.config()
-    if scope["method"] == "GET" and path.rstrip("/") == "/v1/models":
-        await send_json(send, 200, openai_model_list(config, gw.started_at))
-        return
-    if scope["method"] == "GET" and path.startswith("/v1/models/"):
+async def handle(gw: Gateway, request: web.BaseRequest) -> web.StreamResponse:
+    path, config = request.path, gw.backend.config()
+    if request.method == "GET" and path.rstrip("/") == "/v1/models":
+        return json_response(200, openai_model_list(config, gw.started_at))
+    if request.method == "GET" and path.startswith("/v1/models/"):
         name = path[len("/v1/models/") :]
         listed = [m for m in openai_model_list(config, gw.started_at)["data"] if m["id"] == name]
-        await send_json(send, 200 if listed else 404, listed[0] if listed else not_found(name))
-        return
-    body = await gw.read_body(receive)
+        return json_response(200 if listed else 404, listed[0] if listed else not_found(name))
+    body = await gw.read_body(request)
     model = _model_of(body)
     if model is None:
-        await send_json(
-            send,
-            400,
-            error(
-                "The request body must be JSON with a 'model' field.",
-                "invalid_request_error",
-                "missing_model",
-            ),
-        )
-        return
+        message = "The request body must be JSON with a 'model' field."
+        return json_response(400, error(message, "invalid_request_error", "missing_model"))
     if not focus_allows(model, config.policy):
         gw.stats.focus_refusals[model] += 1
         log.info("focus.refused", model=model, focus=list(config.policy.focus))
         allowed = ", ".join(config.policy.focus)
         message = f"The model '{model}' is not in this server's focus list ({allowed})."
-        await send_json(send, 403, error(message, "invalid_request_error", "model_not_in_focus"))
-        return
+        return json_response(403, error(message, "invalid_request_error", "model_not_in_focus"))
     up = openai_route(config, model)
     if up is None:
-        await send_json(send, 404, not_found(model))
-        return
-    await gw.route(up, scope, receive, send, body, openai_error, model=model, api="openai")
+        return json_response(404, not_found(model))
+    return await gw.route(up, request, body, openai_error, model=model, api="openai")
 
 
 def _model_of(body: bytes) -> str | None:

@@ -1,21 +1,25 @@
 """Forwarding one request to an engine and streaming its answer back, chunk by chunk.
 
-Why aiohttp and a plain ASGI path: measured on this project's 2-core machine with
-bench/gateway_bench.py, Starlette's StreamingResponse over httpx's own transport collapsed
-to ~200 req/s at 64 concurrent clients, while this path over aiohttp's client does
-thousands (numbers in README "Gateway and keep_alive policy"). httpx over the httpx-aiohttp
-transport only adds a layer on top of the same aiohttp client, so we use aiohttp directly.
+Why aiohttp on both sides: measured with bench/gateway_bench.py on this project's 2-core
+machine at 64 clients (nginx with one worker: ~46,000 req/s):
+- Starlette's StreamingResponse over httpx's own transport: ~200 req/s;
+- a plain ASGI app under uvicorn over aiohttp's client: ~7,000 req/s, because uvicorn
+  never cancels an ASGI app whose client left, so every request needed its own
+  disconnect-watch task;
+- aiohttp's low-level web server over aiohttp's client: ~10,000 req/s. Its
+  ``handler_cancellation`` cancels the handler when the client hangs up, which is exactly
+  the "client gone → cancel upstream" rule, for free.
+httpx over the httpx-aiohttp transport only adds a layer on top of the same aiohttp client.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
-from starlette.types import Receive, Scope, Send
+from aiohttp import web
 
 from .backend import Upstream
 
@@ -23,10 +27,14 @@ from .backend import Upstream
 # Host is dropped on purpose: Ollama answers 403 to a non-local Host (server/routes.go
 # allowedHostsMiddleware); aiohttp then sends Host: 127.0.0.1:port.
 _DROP = frozenset(
-    b"connection keep-alive proxy-authenticate proxy-authorization proxy-connection te "
-    b"trailer transfer-encoding upgrade host content-length".split()
-)
-_DROP_RESPONSE = _DROP - {b"content-length"}  # body bytes pass unchanged: length stays right
+    {
+        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+        "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "host",
+        "content-length",
+    }
+)  # fmt: skip
+_DROP_RESPONSE = _DROP - {"content-length"}  # body bytes pass unchanged: length stays right
+_BUFFER_LIMIT = 1 << 20  # answers with a known length below this are sent in one write
 
 ErrorBody = Callable[[int, str], dict[str, Any]]
 
@@ -40,32 +48,14 @@ def openai_error(status: int, message: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": None, "code": status}}
 
 
-async def send_json(send: Send, status: int, payload: object) -> None:
-    body = json.dumps(payload).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+def json_response(status: int, payload: object) -> web.Response:
+    return web.Response(
+        status=status, body=json.dumps(payload).encode(), content_type="application/json"
+    )
 
 
-class _DisconnectWatch:
-    """Cancels the request's task when the client goes away (uvicorn's send() then no-ops)."""
-
-    def __init__(self, receive: Receive) -> None:
-        self.disconnected = False
-        self._done = False
-        self._owner = asyncio.current_task()
-        self._task = asyncio.create_task(self._watch(receive))
-
-    async def _watch(self, receive: Receive) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        if not self._done and self._owner is not None:
-            self.disconnected = True
-            self._owner.cancel()
-
-    def close(self) -> None:
-        self._done = True
-        self._task.cancel()
+class UpstreamUnavailable(Exception):
+    """The engine did not accept the connection; nothing was sent to the client yet."""
 
 
 class UpstreamClient:
@@ -82,6 +72,7 @@ class UpstreamClient:
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
                 auto_decompress=False,  # pass bytes as the engine sent them
                 skip_auto_headers=("Accept-Encoding", "User-Agent"),
+                cookie_jar=aiohttp.DummyCookieJar(),  # a proxy must not keep clients' cookies
             )
         return self._session
 
@@ -106,51 +97,24 @@ class UpstreamClient:
     async def forward(
         self,
         up: Upstream,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
+        request: web.BaseRequest,
         body: bytes | AsyncIterator[bytes] | None,
-        error_body: ErrorBody,
-    ) -> bool:
-        """Proxy the exchange; False if the client disconnected (upstream then cancelled)."""
-        watch = _DisconnectWatch(receive) if isinstance(body, bytes | None) else None
-        try:
-            await self._exchange(up, scope, send, body, error_body)
-            return True
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if watch is not None and watch.disconnected and task is not None:
-                task.uncancel()  # our own cancellation: the client left, nothing to raise
-                return False
-            raise
-        finally:
-            if watch is not None:
-                watch.close()
-
-    async def _exchange(
-        self,
-        up: Upstream,
-        scope: Scope,
-        send: Send,
-        body: bytes | AsyncIterator[bytes] | None,
-        error_body: ErrorBody,
-    ) -> None:
-        url = up.base_url + scope["raw_path"].decode("latin-1")
-        if scope.get("query_string"):
-            url += "?" + scope["query_string"].decode("latin-1")
+    ) -> web.StreamResponse:
+        """Proxy the exchange. A client hang-up cancels this task (handler_cancellation),
+        and the cancellation closes the engine connection, so the engine stops the work."""
         try:
             resp = await self.session().request(
-                scope["method"],
-                url,
-                data=body,
-                headers=_request_headers(scope),
+                request.method,
+                up.base_url + request.raw_path,  # raw_path keeps the query string as sent
+                data=body or None,  # b"": no payload object, aiohttp still sends the length
+                headers=_request_headers(request),
                 allow_redirects=False,
             )
         except aiohttp.ClientConnectionError as exc:
             message = f"engine {up.service} unreachable on 127.0.0.1:{up.port}: {exc}"
             raise UpstreamUnavailable(message) from exc
         try:
-            await _relay(resp, send)
+            return await _relay(resp, request)
         except BaseException:
             resp.close()  # drop the connection: the engine sees the cancel and stops work
             raise
@@ -158,28 +122,24 @@ class UpstreamClient:
             resp.release()
 
 
-class UpstreamUnavailable(Exception):
-    """The engine did not accept the connection; nothing was sent to the client yet."""
-
-
-async def _relay(resp: aiohttp.ClientResponse, send: Send) -> None:
-    headers = [(k.lower(), v) for k, v in resp.raw_headers if k.lower() not in _DROP_RESPONSE]
-    await send({"type": "http.response.start", "status": resp.status, "headers": headers})
-    if resp.content_length is not None and resp.content_length < 1 << 20:
-        await send({"type": "http.response.body", "body": await resp.read(), "more_body": False})
-        return
+async def _relay(resp: aiohttp.ClientResponse, request: web.BaseRequest) -> web.StreamResponse:
+    if resp.content_length is not None and resp.content_length < _BUFFER_LIMIT:
+        headers = _response_headers(resp, _DROP)  # web.Response sets the length itself
+        return web.Response(status=resp.status, body=await resp.read(), headers=headers)
+    out = web.StreamResponse(status=resp.status, headers=_response_headers(resp, _DROP_RESPONSE))
+    await out.prepare(request)
     async for chunk in resp.content.iter_any():
-        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await out.write(chunk)  # written to the socket now: no buffering between chunks
+    await out.write_eof()
+    return out
 
 
-def _request_headers(scope: Scope) -> list[tuple[str, str]]:
-    headers = [
-        (k.decode("latin-1"), v.decode("latin-1"))
-        for k, v in scope["headers"]
-        if k.lower() not in _DROP
-    ]
-    client = scope.get("client")
-    if client:
-        headers.append(("X-Forwarded-For", str(client[0])))
+def _response_headers(resp: aiohttp.ClientResponse, drop: frozenset[str]) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in resp.headers.items() if k.lower() not in drop]
+
+
+def _request_headers(request: web.BaseRequest) -> list[tuple[str, str]]:
+    headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _DROP]
+    if request.remote:
+        headers.append(("X-Forwarded-For", request.remote))
     return headers
