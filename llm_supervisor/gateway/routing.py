@@ -15,34 +15,65 @@ def upstream_of(svc: ServiceConfig) -> Upstream:
     return Upstream(svc.name, svc.spec.engine, svc.spec.port)
 
 
+class Routes:
+    """Every routing lookup for one Config, computed once.
+
+    A Config is immutable and replaced whole on reload, so the tables stay right for as
+    long as that Config is current, and a request costs two dict lookups instead of a scan
+    over every service and model name.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.ollama: tuple[Upstream, ...] = ()
+        self._listing: dict[str, Upstream] = {}  # canonical model name → first lister
+        self._openai: dict[str, Upstream] = {}  # vLLM/command public name → service
+        for svc in config.services.values():
+            up = upstream_of(svc)
+            if svc.spec.engine == "ollama":
+                self.ollama += (up,)
+                for name in svc.spec.models:
+                    self._listing.setdefault(canonical_model(name), up)
+            elif svc.spec.engine in OPENAI_ENGINES and svc.spec.public_name:
+                self._openai.setdefault(svc.spec.public_name, up)
+
+    def ollama_listing(self, model: str) -> Upstream | None:
+        """The Ollama service whose ``models`` lists the model (``:latest`` implied)."""
+        return self._listing.get(canonical_model(model))
+
+    def ollama_for(self, model: str | None) -> Upstream | None:
+        """Native /api/* routes: the service listing the model, else the first Ollama one."""
+        found = self.ollama_listing(model) if model else None
+        return found or (self.ollama[0] if self.ollama else None)
+
+    def openai_route(self, model: str) -> Upstream | None:
+        """/v1/*: a vLLM/command service serving that name, else an Ollama one listing it."""
+        return self._openai.get(model) or self.ollama_listing(model)
+
+
+_current: list[Routes] = []  # one slot: the daemon has one current Config at a time
+
+
+def routes_for(config: Config) -> Routes:
+    if not _current or _current[0].config is not config:
+        _current[:] = [Routes(config)]
+    return _current[0]
+
+
 def ollama_services(config: Config) -> list[Upstream]:
-    return [upstream_of(s) for s in config.services.values() if s.spec.engine == "ollama"]
+    return list(routes_for(config).ollama)
 
 
 def ollama_listing(config: Config, model: str) -> Upstream | None:
-    """The Ollama service whose ``models`` lists the model (``:latest`` implied)."""
-    wanted = canonical_model(model)
-    for svc in config.services.values():
-        if svc.spec.engine == "ollama" and wanted in map(canonical_model, svc.spec.models):
-            return upstream_of(svc)
-    return None
+    return routes_for(config).ollama_listing(model)
 
 
 def ollama_for(config: Config, model: str | None) -> Upstream | None:
-    """Native /api/* routes: the service listing the model, else the first Ollama service."""
-    found = ollama_listing(config, model) if model else None
-    if found:
-        return found
-    services = ollama_services(config)
-    return services[0] if services else None
+    return routes_for(config).ollama_for(model)
 
 
 def openai_route(config: Config, model: str) -> Upstream | None:
-    """/v1/*: a vLLM/command service serving that name, else an Ollama service listing it."""
-    for svc in config.services.values():
-        if svc.spec.engine in OPENAI_ENGINES and svc.spec.public_name == model:
-            return upstream_of(svc)
-    return ollama_listing(config, model)
+    return routes_for(config).openai_route(model)
 
 
 def openai_model_list(config: Config, created: int = 0) -> dict[str, Any]:
