@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import shutil
 import socket
@@ -165,12 +164,9 @@ def main() -> None:
         asyncio.run(run_upstream(args.port))
         return
     if args.role == "gateway":
-        run = asyncio.run
-        if os.environ.get("BENCH_UVLOOP"):
-            import uvloop
+        import uvloop  # the daemon runs on uvloop (commands/run.py), so the bench does too
 
-            run = uvloop.run
-        run(run_gateway(args.port, args.upstream))
+        uvloop.run(run_gateway(args.port, args.upstream))
         return
     for tool in ("wrk", "nginx"):
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
