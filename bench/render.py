@@ -17,7 +17,7 @@ import psutil
 from benchutil import spread
 
 MACHINE_KEYS = ("cpu", "cores", "ram", "kernel", "python", "load_before")
-PACKAGES = ("httpx", "aiohttp", "uvicorn", "starlette", "httptools", "pydantic", "structlog",
+PACKAGES = ("httpx", "aiohttp", "uvloop", "uvicorn", "starlette", "pydantic", "structlog",
             "psutil", "watchfiles")  # fmt: skip
 Section = Callable[[dict[str, Any]], list[str]]
 
