@@ -177,6 +177,31 @@ async def test_closed_prober_refuses() -> None:
         await client.get("http://127.0.0.1:1/health", 1.0)
 
 
-def test_only_plain_http_urls() -> None:
+async def test_malformed_urls_are_not_ok(prober: Prober) -> None:
     with pytest.raises(ValueError, match="http://"):
-        asyncio.run(make_prober().get("https://127.0.0.1:1/health", 1.0))
+        await prober.get("https://127.0.0.1:1/health", 1.0)
+    assert await http_ok(prober, "http://127.0.0.1:8000health", 1.0) is None  # no leading /
+
+
+async def test_close_with_a_probe_in_flight_leaves_no_connection(prober: Prober) -> None:
+    hold = asyncio.Event()
+    closed = asyncio.Event()
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await hold.wait()
+        writer.write(OK.replace(b"|", b""))
+        await writer.drain()
+        await reader.read()  # returns b"" once the client closed its end
+        closed.set()
+        writer.close()
+
+    server = Server()
+    await server.start(slow)
+    probe = asyncio.create_task(http_ok(prober, server.url(), 5.0))
+    await asyncio.sleep(0.05)
+    await prober.close()
+    hold.set()
+    assert await probe == b"{}"
+    await asyncio.wait_for(closed.wait(), 5.0)
+    await server.close()

@@ -37,7 +37,7 @@ async def http_ok(client: Prober, url: str, timeout: float) -> bytes | None:
     """The body if the server answered 2xx in time; None for anything else."""
     try:
         status, body = await client.get(url, timeout)
-    except (TimeoutError, ProbeError, OSError):
+    except (TimeoutError, ProbeError, OSError, ValueError):  # ValueError: a malformed URL
         return None
     return body if 200 <= status < 300 else None
 

@@ -255,12 +255,11 @@ class Prober:
             answer = await conn.request(request)
         finally:
             conn.done()
-        if conn.reusable and not self._closed:
-            idle = self._idle.setdefault((host, port), [])
-            if len(idle) < MAX_IDLE:
-                idle.append(conn)
-            else:
-                conn.close()
+        idle = self._idle.setdefault((host, port), [])
+        if conn.reusable and not self._closed and len(idle) < MAX_IDLE:
+            idle.append(conn)
+        else:
+            conn.close()
         return answer
 
     def _take(self, host: str, port: int) -> _Connection | None:
