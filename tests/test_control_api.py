@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from llm_supervisor.control import server as server_module
 from llm_supervisor.control.address import default_control_address, parse_address
 from llm_supervisor.control.api import create_app, error_body
 from llm_supervisor.control.server import ControlServer, serve_control
@@ -279,6 +280,30 @@ async def test_serve_control_runs_until_cancelled(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    assert not sock.exists()
+
+
+async def test_idle_server_does_not_tick_and_still_stops_at_once(
+    serve: Started, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvicorn's own main loop wakes every 0.1 s; ours sleeps until it should exit."""
+    ticks: list[int] = []
+    on_tick = server_module._QuietServer.on_tick
+
+    async def counted(self: server_module._QuietServer, counter: int) -> bool:
+        ticks.append(counter)
+        return await on_tick(self, counter)
+
+    monkeypatch.setattr(server_module._QuietServer, "on_tick", counted)
+    sock = tmp_path / "control.sock"
+    server = await serve(f"unix:{sock}")
+    async with uds_client(sock) as c:
+        assert (await c.get("/v1/status")).status_code == 200
+        await asyncio.sleep(0.35)  # three ticks of uvicorn's loop
+        response = await c.get("/v1/status")
+        assert "date" not in response.headers  # no tick refreshes it, so none is sent
+    assert ticks == [0]
+    await asyncio.wait_for(server.shutdown(), 2.0)
     assert not sock.exists()
 
 

@@ -82,11 +82,32 @@ def bind_tcp(host: str, port: int) -> socket.socket:
 
 
 class _QuietServer(uvicorn.Server):
-    """uvicorn without its signal handlers, and with an event for "listening"."""
+    """uvicorn without its signal handlers or its 10 Hz tick, with an event for "listening".
+
+    uvicorn's main loop wakes every 0.1 s to see whether it should exit (and to refresh a
+    Date header, which this server does not send); the control API is idle nearly always,
+    so the loop waits for the exit itself: ``should_exit = True`` sets an event.
+    """
 
     def __init__(self, config: uvicorn.Config) -> None:
+        self._exit = asyncio.Event()
         super().__init__(config)
         self.listening = asyncio.Event()
+
+    @property
+    def should_exit(self) -> bool:
+        return self._exit.is_set()
+
+    @should_exit.setter
+    def should_exit(self, value: bool) -> None:
+        if value:
+            self._exit.set()
+        else:
+            self._exit.clear()
+
+    async def main_loop(self) -> None:
+        if not await self.on_tick(0):  # what a tick does once: headers, the exit check
+            await self._exit.wait()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -153,6 +174,7 @@ class ControlServer:
             lifespan="off",
             log_config=None,
             access_log=False,
+            date_header=False,  # it would go stale: nothing ticks to refresh it
             timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_S),
         )
         self._server = _QuietServer(config)
