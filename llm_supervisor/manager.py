@@ -35,7 +35,7 @@ class Manager:
         self.config = config
         self.registry = registry
         self.log_dir = log_dir
-        self.http = http or make_prober()  # one for all: it pools connections by host:port
+        self.http = http or make_prober()  # one session: aiohttp keys its pool by host:port
         self.gate = gate or StartGate()
         self.listeners: list[StateListener] = []
         self._deps_overrides = deps_overrides or {}
