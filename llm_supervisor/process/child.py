@@ -161,7 +161,8 @@ class ChildProcess:
         """Add the current descendants to what we know, so escapees can be found later."""
         if self.returncode is None:
             before = len(self.known)
-            self.known |= snapshot_tree(self.pid)
+            # Our unreaped child: its pid is not recycled, so its known record is reused.
+            self.known |= snapshot_tree(self.pid, self.known)
             if len(self.known) > before and self.on_tree_grew is not None:
                 self.on_tree_grew(self)
         return self.known
