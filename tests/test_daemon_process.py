@@ -179,9 +179,13 @@ def test_kill_9_of_daemon_then_next_daemon_kills_the_orphans(
     ]
     assert len(setsid) >= 2  # the setsid grandchildren left the engine's group and session
 
+    # "plain" gets SIGTERM from --pdeathsig and exits on its own, maybe only after we look:
+    # only the SIGTERM-ignoring trees are certain to be left for the sweep.
+    stubborn = {r for r in first_gen if not _marker(r).endswith("::plain")}
+    assert len(stubborn) == 7, stubborn
     first.signal(signal.SIGKILL)
     assert first.wait() == -signal.SIGKILL
-    survivors = alive(first_gen)
+    survivors = alive(stubborn)
     assert len(survivors) >= 6, "engines ignoring SIGTERM must outlive the daemon"
 
     second = daemons(services, state_dir=first.state_dir)
