@@ -21,6 +21,7 @@ from structlog.testing import capture_logs
 
 from llm_supervisor.config.models import Config
 from llm_supervisor.gateway.app import Gateway
+from tests.daemon_harness import free_port
 from tests.fakes.fake_ollama import FakeOllama, ManualClock
 from tests.fakes.fake_openai import FakeOpenAI
 
@@ -287,6 +288,72 @@ async def test_client_disconnect_cancels_upstream(rig_factory: RigFactory, targe
         await asyncio.sleep(0.01)
     assert counts["cancelled"] == 1 and not counts["completed"]
     assert sum(rig.gw.stats.disconnects.values()) == 1
+
+
+class _BreaksMidStream(asyncio.Protocol):
+    """An engine that starts a chunked answer, sends one chunk and dies."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+            b'Transfer-Encoding: chunked\r\n\r\n7\r\n{"a":1}\r\n'
+        )
+        self.transport.abort()
+
+
+async def test_engine_dying_mid_stream_cuts_the_client_stream() -> None:
+    server = await asyncio.get_running_loop().create_server(_BreaksMidStream, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    gw = Gateway(StubBackend(make_config(port, free_port())))
+    ready = asyncio.Event()
+    task = asyncio.create_task(gw.serve("127.0.0.1", 0, ready, loops=False))
+    await ready.wait()
+    url = f"http://127.0.0.1:{gw.port}/api/generate"
+    try:
+        with capture_logs() as logs:
+            async with httpx.AsyncClient() as client:
+                body = {"model": SMALL, "prompt": "x"}
+                async with client.stream("POST", url, json=body) as response:
+                    received = b""
+                    # Not a clean end: the client must learn that the answer is incomplete.
+                    with pytest.raises(httpx.RemoteProtocolError):
+                        async for chunk in response.aiter_bytes():
+                            received += chunk
+        assert received == b'{"a":1}'
+        assert gw.stats.upstream_errors["ollama"] == 1
+        assert [e["service"] for e in logs if e["event"] == "gateway.upstream_broke"] == ["ollama"]
+    finally:
+        await _cancel(task)
+        server.close()
+
+
+class _AnswersGarbage(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")  # another program took the port
+
+
+async def test_engine_answering_non_http_is_a_502_naming_it() -> None:
+    server = await asyncio.get_running_loop().create_server(_AnswersGarbage, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    gw = Gateway(StubBackend(make_config(port, free_port())))
+    ready = asyncio.Event()
+    task = asyncio.create_task(gw.serve("127.0.0.1", 0, ready, loops=False))
+    await ready.wait()
+    try:
+        async with httpx.AsyncClient() as client:
+            response = await client.get(f"http://127.0.0.1:{gw.port}/api/version")
+        assert response.status_code == 502
+        assert response.json()["error"].startswith("engine ollama sent a broken answer")
+        assert gw.stats.upstream_errors["ollama"] == 1
+    finally:
+        await _cancel(task)
+        server.close()
 
 
 async def test_on_demand_start_and_idle_stop(rig_factory: RigFactory) -> None:

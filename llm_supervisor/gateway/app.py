@@ -22,7 +22,14 @@ from .models_view import Clock, PolicyState
 from .pins import PinReconciler
 from .routing import ollama_for
 from .stats import GatewayStats
-from .upstream import ErrorBody, UpstreamClient, UpstreamUnavailable, json_response, ollama_error
+from .upstream import (
+    ErrorBody,
+    UpstreamBroke,
+    UpstreamClient,
+    UpstreamUnavailable,
+    json_response,
+    ollama_error,
+)
 
 log = get_logger(__name__)
 
@@ -99,6 +106,12 @@ class Gateway:
             self.stats.upstream_errors[up.service] += 1
             log.warning("gateway.upstream_unavailable", service=up.service, error=str(exc))
             return json_response(502, error_body(502, str(exc)))
+        except UpstreamBroke as exc:
+            self.stats.upstream_errors[up.service] += 1
+            log.warning("gateway.upstream_broke", service=up.service, model=model, error=str(exc))
+            if request.transport is not None:
+                request.transport.close()  # the client must see a cut stream, not an end
+            return exc.response
         except asyncio.CancelledError:
             if request.transport is None:  # the client hung up; aiohttp cancelled us
                 self.stats.disconnects[up.service] += 1

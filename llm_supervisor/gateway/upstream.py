@@ -55,7 +55,15 @@ def json_response(status: int, payload: object) -> web.Response:
 
 
 class UpstreamUnavailable(Exception):
-    """The engine did not accept the connection; nothing was sent to the client yet."""
+    """No usable answer from the engine (refused, or not HTTP); nothing sent to the client."""
+
+
+class UpstreamBroke(Exception):
+    """The engine's answer broke off after its start was already sent to the client."""
+
+    def __init__(self, response: web.StreamResponse, message: str) -> None:
+        super().__init__(message)
+        self.response = response
 
 
 class UpstreamClient:
@@ -113,6 +121,9 @@ class UpstreamClient:
         except aiohttp.ClientConnectionError as exc:
             message = f"engine {up.service} unreachable on 127.0.0.1:{up.port}: {exc}"
             raise UpstreamUnavailable(message) from exc
+        except aiohttp.ClientError as exc:  # it answered, but not with HTTP we can relay
+            message = f"engine {up.service} sent a broken answer: {exc}"
+            raise UpstreamUnavailable(message) from exc
         try:
             return await _relay(resp, request)
         except BaseException:
@@ -128,8 +139,11 @@ async def _relay(resp: aiohttp.ClientResponse, request: web.BaseRequest) -> web.
         return web.Response(status=resp.status, body=await resp.read(), headers=headers)
     out = web.StreamResponse(status=resp.status, headers=_response_headers(resp, _DROP_RESPONSE))
     await out.prepare(request)
-    async for chunk in resp.content.iter_any():
-        await out.write(chunk)  # written to the socket now: no buffering between chunks
+    try:
+        async for chunk in resp.content.iter_any():
+            await out.write(chunk)  # written to the socket now: no buffering between chunks
+    except aiohttp.ClientError as exc:  # the engine died or cut the answer mid-stream
+        raise UpstreamBroke(out, str(exc) or type(exc).__name__) from exc
     await out.write_eof()
     return out
 
