@@ -290,70 +290,70 @@ async def test_client_disconnect_cancels_upstream(rig_factory: RigFactory, targe
     assert sum(rig.gw.stats.disconnects.values()) == 1
 
 
-class _BreaksMidStream(asyncio.Protocol):
-    """An engine that starts a chunked answer, sends one chunk and dies."""
+class _ScriptedEngine(asyncio.Protocol):
+    """Answers every request with ``answer``; ``then_die`` drops the connection after it."""
+
+    answer = b""
+    then_die = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: asyncio.Transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        self.transport.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
-            b'Transfer-Encoding: chunked\r\n\r\n7\r\n{"a":1}\r\n'
-        )
-        self.transport.abort()
+        self.transport.write(self.answer)
+        if self.then_die:
+            self.transport.abort()
+
+
+class _BreaksMidStream(_ScriptedEngine):
+    answer = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+        b'Transfer-Encoding: chunked\r\n\r\n7\r\n{"a":1}\r\n'
+    )
+    then_die = True
+
+
+class _AnswersGarbage(_ScriptedEngine):
+    answer = b"SSH-2.0-OpenSSH_9.2\r\n\r\n"  # another program took the engine's port
+
+
+@contextlib.asynccontextmanager
+async def gateway_before(engine: type[_ScriptedEngine]) -> AsyncIterator[tuple[Gateway, str]]:
+    """A gateway whose Ollama service is the scripted engine; yields it and its URL."""
+    server = await asyncio.get_running_loop().create_server(engine, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    gw = Gateway(StubBackend(make_config(port, free_port())))
+    ready = asyncio.Event()
+    task = asyncio.create_task(gw.serve("127.0.0.1", 0, ready, loops=False))
+    await ready.wait()
+    try:
+        yield gw, f"http://127.0.0.1:{gw.port}"
+    finally:
+        await _cancel(task)
+        server.close()
 
 
 async def test_engine_dying_mid_stream_cuts_the_client_stream() -> None:
-    server = await asyncio.get_running_loop().create_server(_BreaksMidStream, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    gw = Gateway(StubBackend(make_config(port, free_port())))
-    ready = asyncio.Event()
-    task = asyncio.create_task(gw.serve("127.0.0.1", 0, ready, loops=False))
-    await ready.wait()
-    url = f"http://127.0.0.1:{gw.port}/api/generate"
-    try:
+    async with gateway_before(_BreaksMidStream) as (gw, url), httpx.AsyncClient() as client:
         with capture_logs() as logs:
-            async with httpx.AsyncClient() as client:
-                body = {"model": SMALL, "prompt": "x"}
-                async with client.stream("POST", url, json=body) as response:
-                    received = b""
-                    # Not a clean end: the client must learn that the answer is incomplete.
-                    with pytest.raises(httpx.RemoteProtocolError):
-                        async for chunk in response.aiter_bytes():
-                            received += chunk
+            body = {"model": SMALL, "prompt": "x"}
+            async with client.stream("POST", url + "/api/generate", json=body) as response:
+                received = b""
+                # Not a clean end: the client must learn that the answer is incomplete.
+                with pytest.raises(httpx.RemoteProtocolError):
+                    async for chunk in response.aiter_bytes():
+                        received += chunk
         assert received == b'{"a":1}'
         assert gw.stats.upstream_errors["ollama"] == 1
         assert [e["service"] for e in logs if e["event"] == "gateway.upstream_broke"] == ["ollama"]
-    finally:
-        await _cancel(task)
-        server.close()
-
-
-class _AnswersGarbage(asyncio.Protocol):
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.transport.write(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")  # another program took the port
 
 
 async def test_engine_answering_non_http_is_a_502_naming_it() -> None:
-    server = await asyncio.get_running_loop().create_server(_AnswersGarbage, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    gw = Gateway(StubBackend(make_config(port, free_port())))
-    ready = asyncio.Event()
-    task = asyncio.create_task(gw.serve("127.0.0.1", 0, ready, loops=False))
-    await ready.wait()
-    try:
-        async with httpx.AsyncClient() as client:
-            response = await client.get(f"http://127.0.0.1:{gw.port}/api/version")
-        assert response.status_code == 502
-        assert response.json()["error"].startswith("engine ollama sent a broken answer")
-        assert gw.stats.upstream_errors["ollama"] == 1
-    finally:
-        await _cancel(task)
-        server.close()
+    async with gateway_before(_AnswersGarbage) as (gw, url), httpx.AsyncClient() as client:
+        response = await client.get(url + "/api/version")
+    assert response.status_code == 502
+    assert response.json()["error"].startswith("engine ollama sent a broken answer")
+    assert gw.stats.upstream_errors["ollama"] == 1
 
 
 async def test_on_demand_start_and_idle_stop(rig_factory: RigFactory) -> None:

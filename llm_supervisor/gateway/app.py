@@ -37,7 +37,7 @@ GRACEFUL_SHUTDOWN = 5.0  # open streams get this long to finish when the gateway
 
 
 class Gateway:
-    """The ASGI app plus its background loops. ``state.policy_status()`` feeds status."""
+    """The HTTP handler plus its background loops. ``state.policy_status()`` feeds status."""
 
     def __init__(
         self,
