@@ -263,6 +263,25 @@ async def test_host_header_is_rewritten_for_ollama(rig_factory: RigFactory) -> N
     assert (direct.status_code, through.status_code) == (403, 200)
 
 
+async def test_expect_100_continue_is_answered_by_the_gateway(rig_factory: RigFactory) -> None:
+    rig = await rig_factory()
+    body = b'{"model": "llama3.2:3b", "prompt": "x", "stream": false}'
+    reader, writer = await asyncio.open_connection("127.0.0.1", rig.gw.port)
+    try:
+        writer.write(
+            b"POST /api/generate HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)
+        )
+        # The client holds the body back until told to go on (curl waits 1 s otherwise).
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert interim.startswith(b"HTTP/1.1 100 Continue")
+        writer.write(body)
+        final = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert final.startswith(b"HTTP/1.1 200")
+    finally:
+        writer.close()
+
+
 @pytest.mark.parametrize("target", ["ollama", "vllm"])
 async def test_client_disconnect_cancels_upstream(rig_factory: RigFactory, target: str) -> None:
     rig = await rig_factory(chunk_delay=0.05)

@@ -58,6 +58,11 @@ class Gateway:
         self.port: int | None = None  # the bound port once serving (useful with port 0)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.version >= (1, 1) and _expects_continue(request):
+            # aiohttp's router would answer this; the low-level server leaves it to us. The
+            # client waits for it before sending the body (curl: 1 s, then sends anyway).
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # the response proper has not started
         path = request.path
         if path.startswith("/api/"):
             return await ollama_api.handle(self, request)
@@ -151,6 +156,10 @@ class Gateway:
                 with contextlib.suppress(asyncio.CancelledError):
                     await loop_task
             await self.client.close()
+
+
+def _expects_continue(request: web.BaseRequest) -> bool:
+    return request.headers.get("Expect", "").lower() == "100-continue"
 
 
 async def serve_gateway(

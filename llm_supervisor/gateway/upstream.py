@@ -31,6 +31,7 @@ _DROP = frozenset(
         "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
         "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "host",
         "content-length",
+        "expect",  # the gateway answers 100-continue itself and forwards the whole body
     }
 )  # fmt: skip
 _DROP_RESPONSE = _DROP - {"content-length"}  # body bytes pass unchanged: length stays right
