@@ -24,6 +24,22 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _SOURCE_LINE = re.compile(r"\braise\s+[\w.]*\(")
 _MAX_LINE = 400
 _ENGINES_WITH_RULES = ("vllm", "ollama")
+# Exit codes that say something on their own, when the output names no cause.
+_EXIT_CODES = {
+    127: (
+        c.EXECUTABLE_MISSING,
+        "command not found (exit 127): set the service's command to the engine's full path",
+    ),
+    126: (
+        c.EXECUTABLE_MISSING,
+        "command not executable (exit 126): check the file's permissions and that it is a program",
+    ),
+    0: (
+        c.UNEXPECTED_EXIT,
+        "engine exited on its own with code 0 although it was not asked to stop; "
+        "read the last lines of its output",
+    ),
+}
 
 
 def diagnose(text: str, engine: str | None = None) -> Diagnosis:
@@ -70,26 +86,9 @@ def diagnose_exit(
     signal = _signal_of(exit_code, signal)
     if signal is not None:
         return _from_signal(signal)
-    if exit_code == 127:
-        return Diagnosis(
-            c.EXECUTABLE_MISSING,
-            "command not found (exit 127): set the service's command to the engine's full path",
-            numbers={"exit_code": 127},
-        )
-    if exit_code == 126:
-        return Diagnosis(
-            c.EXECUTABLE_MISSING,
-            "command not executable (exit 126): check the "
-            "file's permissions and that it is a program",
-            numbers={"exit_code": 126},
-        )
-    if exit_code == 0:
-        return Diagnosis(
-            c.UNEXPECTED_EXIT,
-            "engine exited on its own with code 0 although it "
-            "was not asked to stop; read the last lines of its output",
-            numbers={"exit_code": 0},
-        )
+    if exit_code in _EXIT_CODES:
+        cause, hint = _EXIT_CODES[exit_code]
+        return Diagnosis(cause, hint, numbers={"exit_code": exit_code})
     if exit_code is not None:
         return Diagnosis(
             c.UNKNOWN,
