@@ -37,11 +37,11 @@ def test_snapshot_has_root_and_descendants(parent: subprocess.Popen[str]) -> Non
 
 def test_known_root_is_reused_and_descendants_are_read(parent: subprocess.Popen[str]) -> None:
     recorded_root = ProcRef(parent.pid, 123.0)  # as recorded; not what /proc says now
-    stale_child = ProcRef(psutil.Process(parent.pid).children()[0].pid, 456.0)  # recycled pid
-    refs = snapshot_tree(parent.pid, {recorded_root, stale_child})
+    refs = snapshot_tree(parent.pid, root=recorded_root)
     assert recorded_root in refs
     (child,) = refs - {recorded_root}
-    assert child.pid == stale_child.pid and child.create_time != 456.0
+    (grandchild,) = psutil.Process(parent.pid).children()
+    assert child == ProcRef.of(grandchild)  # its start time as /proc has it now
 
 
 def test_gone_process_without_a_record_is_empty() -> None:

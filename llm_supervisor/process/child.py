@@ -87,9 +87,10 @@ class ChildProcess:
         self.name = name
         self.started_at = time.monotonic()
         self.known: set[ProcRef] = snapshot_tree(proc.pid)
-        root = next((ref for ref in self.known if ref.pid == proc.pid), None)
-        # The start time tells this pid from a recycled one in the state-dir record.
-        self.create_time = root.create_time if root is not None else time.time()
+        # Our own record of the engine process; its start time tells this pid from a
+        # recycled one in the state-dir record.
+        self._root = next((ref for ref in self.known if ref.pid == proc.pid), None)
+        self.create_time = self._root.create_time if self._root is not None else time.time()
         self._exit = exited
         self._pump: asyncio.Task[None] | None = None
         # Told when new descendants appear (the daemon persists them for the orphan sweep).
@@ -161,8 +162,8 @@ class ChildProcess:
         """Add the current descendants to what we know, so escapees can be found later."""
         if self.returncode is None:
             before = len(self.known)
-            # Our unreaped child: its pid is not recycled, so its known record is reused.
-            self.known |= snapshot_tree(self.pid, self.known)
+            # Our unreaped child: its pid is not recycled, so its record is reused.
+            self.known |= snapshot_tree(self.pid, root=self._root)
             if len(self.known) > before and self.on_tree_grew is not None:
                 self.on_tree_grew(self)
         return self.known

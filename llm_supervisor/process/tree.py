@@ -15,7 +15,6 @@ import contextlib
 import os
 import signal
 import threading
-from collections.abc import Collection
 from dataclasses import dataclass
 
 import psutil
@@ -48,21 +47,20 @@ class ProcRef:
             return None
 
 
-def snapshot_tree(pid: int, known: Collection[ProcRef] = ()) -> set[ProcRef]:
+def snapshot_tree(pid: int, root: ProcRef | None = None) -> set[ProcRef]:
     """The process and all its current descendants.
 
-    If ``known`` holds a ref for ``pid`` itself, that ref is reused instead of reading the
-    start time again (two /proc files through psutil, every few seconds per service): the
-    caller passes it only for its own unreaped child, whose pid cannot have been recycled.
-    Descendants' pids can be, so their start times are always read.
+    A ``root`` record of ``pid`` itself is reused instead of reading the start time again
+    (two /proc files through psutil, every few seconds per service): the caller passes it
+    only for its own unreaped child, whose pid cannot have been recycled. Descendants' pids
+    can be, so their start times are always read.
     """
-    root_ref = next((ref for ref in known if ref.pid == pid), None)
     try:
         try:
             pids = _descendants(pid)
         except OSError:  # no /proc/PID/task/TID/children (CONFIG_PROC_CHILDREN off)
             pids = [p.pid for p in psutil.Process(pid).children(recursive=True)]
-        refs = {root_ref if root_ref is not None else ProcRef.of(psutil.Process(pid))}
+        refs = {root if root is not None else ProcRef.of(psutil.Process(pid))}
     except psutil.Error:
         return set()
     for child in pids:
