@@ -375,6 +375,24 @@ async def test_engine_answering_non_http_is_a_502_naming_it() -> None:
     assert gw.stats.upstream_errors["ollama"] == 1
 
 
+async def test_start_outliving_startup_timeout_is_a_504(
+    rig_factory: RigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = await rig_factory()
+
+    async def too_slow(service: str) -> None:
+        raise TimeoutError  # what Service.ensure_ready's wait_for raises at startup_timeout
+
+    monkeypatch.setattr(rig.backend, "ensure_ready", too_slow)
+    body = {"model": "qwen3-8b", "prompt": "x"}
+    async with httpx.AsyncClient() as client:
+        response = await client.post(rig.url + "/v1/completions", json=body)
+    assert response.status_code == 504
+    error = response.json()["error"]
+    assert error["type"] == "server_error"
+    assert error["message"] == "service qwen did not become ready within its startup_timeout"
+
+
 async def test_on_demand_start_and_idle_stop(rig_factory: RigFactory) -> None:
     rig = await rig_factory(keep_alive={"rules": [{"match": "qwen*", "keep_alive": "10m"}]})
     rig.backend.start_delay = 0.05
