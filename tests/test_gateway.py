@@ -20,6 +20,7 @@ import uvicorn
 from structlog.testing import capture_logs
 
 from llm_supervisor.config.models import Config
+from llm_supervisor.errors import StartFailedError
 from llm_supervisor.gateway.app import Gateway
 from tests.daemon_harness import free_port
 from tests.fakes.fake_ollama import FakeOllama, ManualClock
@@ -375,22 +376,40 @@ async def test_engine_answering_non_http_is_a_502_naming_it() -> None:
     assert gw.stats.upstream_errors["ollama"] == 1
 
 
-async def test_start_outliving_startup_timeout_is_a_504(
-    rig_factory: RigFactory, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("failure", "status", "message"),
+    [
+        (
+            StartFailedError("qwen", "fatal: 3 failures", "cuda_oom", "lower the batch size"),
+            503,
+            "qwen: fatal: 3 failures lower the batch size",
+        ),
+        (  # what Service.ensure_ready's wait_for raises at startup_timeout
+            TimeoutError(),
+            504,
+            "service qwen did not become ready within its startup_timeout",
+        ),
+    ],
+)
+async def test_failed_or_timed_out_start_is_answered_with_its_cause(
+    rig_factory: RigFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    failure: Exception,
+    status: int,
+    message: str,
 ) -> None:
     rig = await rig_factory()
 
-    async def too_slow(service: str) -> None:
-        raise TimeoutError  # what Service.ensure_ready's wait_for raises at startup_timeout
+    async def start_fails(service: str) -> None:
+        raise failure
 
-    monkeypatch.setattr(rig.backend, "ensure_ready", too_slow)
+    monkeypatch.setattr(rig.backend, "ensure_ready", start_fails)
     body = {"model": "qwen3-8b", "prompt": "x"}
     async with httpx.AsyncClient() as client:
         response = await client.post(rig.url + "/v1/completions", json=body)
-    assert response.status_code == 504
+    assert response.status_code == status
     error = response.json()["error"]
-    assert error["type"] == "server_error"
-    assert error["message"] == "service qwen did not become ready within its startup_timeout"
+    assert (error["type"], error["message"]) == ("server_error", message)
 
 
 async def test_on_demand_start_and_idle_stop(rig_factory: RigFactory) -> None:
