@@ -11,9 +11,9 @@ import pytest
 import structlog
 
 from llm_supervisor.config.models import Config, ServiceConfig, ServiceSpec
-from llm_supervisor.manager import Manager
 from llm_supervisor.process.registry import GroupRegistry
 from llm_supervisor.process.tree import find_marked, kill_refs
+from llm_supervisor.service.manager import Manager
 
 from .daemon_harness import free_port  # one source of ports: never the same one twice
 

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from llm_supervisor.daemon.sdnotify import monotonic_usec
+from llm_supervisor.process.environment import CHILD_UNSAFE_VARS
 from llm_supervisor.process.tree import MARKER_ENV
-from llm_supervisor.sdnotify import CHILD_UNSAFE_VARS, monotonic_usec
 
 from . import test_daemon_process
 from .test_daemon_process import DaemonProcess, engine

@@ -11,12 +11,12 @@ import pytest
 
 from llm_supervisor.config.models import Config, ServiceConfig
 from llm_supervisor.errors import StartFailedError
-from llm_supervisor.gate import StartGate
 from llm_supervisor.gpu.fake import FakeDevice, FakeNvmlBackend
 from llm_supervisor.gpu.nvml import GpuMonitor
-from llm_supervisor.manager import Manager
-from llm_supervisor.placement import Placement
+from llm_supervisor.gpu.placement import Placement
 from llm_supervisor.process.registry import GroupRegistry
+from llm_supervisor.service.gate import StartGate
+from llm_supervisor.service.manager import Manager
 from llm_supervisor.service.states import State
 
 from .conftest import fake_service

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llm_supervisor.progress import ProgressTracker, parse_line
+from llm_supervisor.service.progress import ProgressTracker, parse_line
 
 VLLM = [
     ("Loading safetensors checkpoint shards:  50% Completed | 1/2 [00:01<00:01,  1.1s/it]",

@@ -6,8 +6,8 @@ from typing import Any
 
 from llm_supervisor.config.models import Config, ServiceConfig, ServiceSpec
 from llm_supervisor.gateway.app import Gateway
+from llm_supervisor.gateway.relief import relieve
 from llm_supervisor.gpu.pressure import PressureEvent
-from llm_supervisor.relief import relieve
 
 GIB = 2**30
 

@@ -8,8 +8,8 @@ import pytest
 from watchfiles import Change
 
 from llm_supervisor.config.models import Config, Policy, ServiceConfig, ServiceSpec
-from llm_supervisor.reload import ConfigDiff, diff_configs, keep_rollbacks
-from llm_supervisor.watcher import relevant
+from llm_supervisor.reload.reloader import ConfigDiff, diff_configs, keep_rollbacks
+from llm_supervisor.reload.watcher import relevant
 
 BASE: dict[str, Any] = {
     "engine": "vllm",

@@ -14,13 +14,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from llm_supervisor.sdnotify import (
-    CHILD_UNSAFE_VARS,
-    SystemdNotifier,
-    clean_child_env,
-    monotonic_usec,
-    watchdog_loop,
-)
+from llm_supervisor.daemon.sdnotify import SystemdNotifier, monotonic_usec, watchdog_loop
+from llm_supervisor.process.environment import CHILD_UNSAFE_VARS, clean_child_env
 
 
 class Receiver:

@@ -78,7 +78,7 @@ def tune_gc() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..daemon import Daemon, DaemonOptions
+    from ..daemon.daemon import Daemon, DaemonOptions
 
     configure_logging(args.log_format, args.log_level)
     options = DaemonOptions(

@@ -20,12 +20,12 @@ from ..engines import engine_for
 from ..errors import PortInUseError, StartFailedError
 from ..logsetup import get_logger
 from ..process.child import ChildProcess, ExitStatus
+from ..process.environment import clean_child_env
 from ..process.output import LogLine, OutputRing, RotatingFile
 from ..process.ports import port_owner
-from ..progress import Progress, ProgressTracker
-from ..sdnotify import clean_child_env
 from .backoff import decide_restart
 from .deps import ServiceDeps
+from .progress import Progress, ProgressTracker
 from .states import ALLOWED, InvalidTransition, State
 
 log = get_logger(__name__)

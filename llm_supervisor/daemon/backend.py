@@ -10,13 +10,13 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from .config.models import Config
-from .process.output import LogLine
+from ..config.models import Config
+from ..process.output import LogLine
 from .status import build_status
 
 if TYPE_CHECKING:
+    from ..service.manager import Manager
     from .daemon import Daemon
-    from .manager import Manager
 
 
 class DaemonBackend:

@@ -7,8 +7,8 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
-from .durations import format_duration
+from .. import __version__
+from ..durations import format_duration
 
 if TYPE_CHECKING:
     from .daemon import Daemon

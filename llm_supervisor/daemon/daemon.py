@@ -14,26 +14,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config.load import load_config
+from ..config.models import Config
+from ..control.server import serve_control
+from ..errors import SupervisorError
+from ..gateway.app import Gateway
+from ..gateway.relief import relieve
+from ..gpu.fake import make_backend
+from ..gpu.nvml import GpuMonitor
+from ..gpu.placement import Placement
+from ..logsetup import get_logger
+from ..process.registry import GroupRegistry
+from ..process.tree import find_marked, kill_refs, killpg
+from ..reload.reloader import Reloader
+from ..reload.watcher import watch_config_dir
+from ..service.gate import StartGate
+from ..service.manager import Manager
 from . import lastresort
 from .backend import DaemonBackend
-from .config.load import load_config
-from .config.models import Config
-from .control.server import serve_control
-from .errors import SupervisorError
-from .gate import StartGate
-from .gateway.app import Gateway
-from .gpu.fake import make_backend
-from .gpu.nvml import GpuMonitor
-from .logsetup import get_logger
-from .manager import Manager
-from .placement import Placement
-from .process.registry import GroupRegistry
-from .process.tree import find_marked, kill_refs, killpg
-from .relief import relieve
-from .reload import Reloader
 from .sdnotify import SystemdNotifier, watchdog_loop
 from .status import summary_line
-from .watcher import watch_config_dir
 
 log = get_logger(__name__)
 

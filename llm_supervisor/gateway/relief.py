@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .gateway.keepalive import canonical_model
-from .gateway.models_view import parse_expires_at
-from .gateway.routing import upstream_of
-from .gpu.pressure import LoadedModel, PressureEvent, bytes_above, choose_ollama_unloads
-from .logsetup import get_logger
+from ..gpu.pressure import LoadedModel, PressureEvent, bytes_above, choose_ollama_unloads
+from ..logsetup import get_logger
+from .keepalive import canonical_model
+from .models_view import parse_expires_at
+from .routing import upstream_of
 
 if TYPE_CHECKING:
-    from .config.models import Config
-    from .gateway.app import Gateway
+    from ..config.models import Config
+    from .app import Gateway
 
 log = get_logger(__name__)
 

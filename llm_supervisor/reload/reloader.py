@@ -12,16 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config.diff import LAUNCH_FIELDS as LAUNCH_FIELDS
-from .config.diff import ConfigDiff as ConfigDiff
-from .config.diff import diff_configs as diff_configs
-from .config.diff import keep_rollbacks as keep_rollbacks
-from .config.diff import launch_changed as launch_changed
-from .config.load import config_files, fingerprint
-from .config.models import Config, ServiceConfig
-from .errors import ConfigError, ConfigIssue, StartFailedError
-from .logsetup import get_logger
-from .manager import Manager
+from ..config.diff import LAUNCH_FIELDS as LAUNCH_FIELDS
+from ..config.diff import ConfigDiff as ConfigDiff
+from ..config.diff import diff_configs as diff_configs
+from ..config.diff import keep_rollbacks as keep_rollbacks
+from ..config.diff import launch_changed as launch_changed
+from ..config.load import config_files, fingerprint
+from ..config.models import Config, ServiceConfig
+from ..errors import ConfigError, ConfigIssue, StartFailedError
+from ..logsetup import get_logger
+from ..service.manager import Manager
 
 log = get_logger(__name__)
 

@@ -10,18 +10,18 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from .config.models import Config, ServiceConfig
-from .errors import AdmissionError
-from .gpu.admission import Admit, Evict, EvictionCandidate, decide_admission, need_for
-from .gpu.attribution import attribute, process_names, service_usage, snapshot_dict
-from .gpu.nvml import GpuMonitor
-from .gpu.pressure import PressureEvent, PressureTracker
-from .gpu.snapshot import GpuDevice, GpuSnapshot
-from .logsetup import get_logger
+from ..config.models import Config, ServiceConfig
+from ..errors import AdmissionError
+from ..logsetup import get_logger
+from .admission import Admit, Evict, EvictionCandidate, decide_admission, need_for
+from .attribution import attribute, process_names, service_usage, snapshot_dict
+from .nvml import GpuMonitor
+from .pressure import PressureEvent, PressureTracker
+from .snapshot import GpuDevice, GpuSnapshot
 
 if TYPE_CHECKING:
-    from .manager import Manager
-    from .service.service import Service
+    from ..service.manager import Manager
+    from ..service.service import Service
 
 log = get_logger(__name__)
 

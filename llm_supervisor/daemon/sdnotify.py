@@ -15,35 +15,11 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 
-from .logsetup import get_logger
+from ..logsetup import get_logger
 
 log = get_logger(__name__)
 
-# Variables systemd sets for the service's main process only. Children must not inherit them:
-# - NOTIFY_SOCKET / WATCHDOG_*: an engine that speaks sd_notify (or a library inside it) would
-#   report READY/STOPPING/WATCHDOG for *our* unit; NotifyAccess=main drops those, but only
-#   after logging a warning per message, and the watchdog belongs to the supervision loop.
-# - LISTEN_*: socket-activation fds are ours; a child must not think it inherited them.
-# - JOURNAL_STREAM: says "your stderr is the journal". A child's stdout/stderr is a pipe to
-#   us (logs/<service>.log, ring buffer, crash diagnosis), not the journal. Programs that
-#   trust the variable without comparing it to fstat() would add <N> prefixes to their
-#   output or write to the journal socket directly, bypassing the log files we diagnose.
-CHILD_UNSAFE_VARS = (
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-    "JOURNAL_STREAM",
-)
-
 _SEND_TIMEOUT_S = 1.0  # bound on how long a send may block the event loop
-
-
-def clean_child_env(env: Mapping[str, str]) -> dict[str, str]:
-    """A copy of ``env`` without the variables systemd meant for this process only."""
-    return {k: v for k, v in env.items() if k not in CHILD_UNSAFE_VARS}
 
 
 def monotonic_usec() -> int:

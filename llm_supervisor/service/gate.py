@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .service.service import Service
+    from .service import Service
 
 Admit = Callable[["Service"], Awaitable[None]]
 

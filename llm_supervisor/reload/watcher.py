@@ -7,9 +7,9 @@ from pathlib import Path
 
 from watchfiles import Change, awatch
 
-from .config.load import SUFFIXES
-from .logsetup import get_logger
-from .reload import Reloader
+from ..config.load import SUFFIXES
+from ..logsetup import get_logger
+from .reloader import Reloader
 
 log = get_logger(__name__)
 

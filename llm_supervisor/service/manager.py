@@ -7,16 +7,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from .config.models import Config, ServiceConfig
-from .engines.base import Prober, make_prober
-from .errors import UnknownServiceError
+from ..config.models import Config, ServiceConfig
+from ..engines.base import Prober, make_prober
+from ..errors import UnknownServiceError
+from ..logsetup import get_logger
+from ..process.output import LogLine
+from ..process.registry import GroupRegistry
+from ..process.tree import find_marked_async, kill_refs
+from .deps import ServiceDeps, StateListener
 from .gate import StartGate
-from .logsetup import get_logger
-from .process.output import LogLine
-from .process.registry import GroupRegistry
-from .process.tree import find_marked_async, kill_refs
-from .service.deps import ServiceDeps, StateListener
-from .service.service import Service
+from .service import Service
 
 log = get_logger(__name__)
 
