@@ -72,9 +72,13 @@ pytest: $(VENV)/.installed-dev vllm-env
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # tests/test_systemd_unit.py runs `systemd-analyze verify`, tests/test_status_page.py headless
-# chromium with chromium-driver; install Debian's systemd package
-# when it is missing and we may (root with apt-get, as in CI); otherwise the test says why.
+# chromium with chromium-driver, tests/test_deploy_prometheus.py `promtool` (Debian's
+# prometheus package); install them when missing and we may (root with apt-get, as in CI);
+# otherwise the test says why.
 deps-system:
+	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
+	  || echo "deps-system: promtool missing; tests/test_deploy_prometheus.py skips (fails when CI is set)"
 	@command -v systemd-analyze >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	  && apt-get update -qq && apt-get install -y -qq --no-install-recommends systemd >/dev/null; } \
 	  || echo "deps-system: systemd-analyze missing; tests/test_systemd_unit.py skips (fails when CI is set)"
