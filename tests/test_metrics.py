@@ -37,6 +37,7 @@ FAMILIES = {
     "llm_supervisor_gpu_pressure": "gauge",
     "llm_supervisor_config_last_reload_successful": "gauge",
     "llm_supervisor_orphans_killed": "counter",
+    "llm_supervisor_service_start_elapsed_seconds": "gauge",
 }
 
 
@@ -190,9 +191,12 @@ def test_alerting_families_follow_the_status() -> None:
     doc["gpus"]["gpus"][0].update(pressure="critical", error="GPU is lost")
     doc["reload"]["result"] = "rejected"
     doc["daemon"]["orphans_killed"] = 3
+    doc["services"]["qwen3-8b"].update(state="starting", progress={"phase": "x", "elapsed": 42.5})
     fams = scrape(StatusOnly(doc))
     assert value(fams[p + "service_rolled_back"], p + "service_rolled_back", service="broken") == 1
     assert value(fams[p + "gpu_up"], p + "gpu_up", gpu="0") == 0
     assert value(fams[p + "gpu_pressure"], p + "gpu_pressure", gpu="0", level="critical") == 1
     assert fams[p + "config_last_reload_successful"][0].value == 0
     assert value(fams[p + "orphans_killed"], p + "orphans_killed_total") == 3
+    loading = fams[p + "service_start_elapsed_seconds"]
+    assert [(s.labels, s.value) for s in loading] == [({"service": "qwen3-8b"}, 42.5)]

@@ -13,6 +13,8 @@ Families (``service`` = service name, ``gpu`` = GPU index; no PIDs or request id
 - ``llm_supervisor_service_last_exit_timestamp_seconds{service}`` when it last exited.
 - ``llm_supervisor_health_check_seconds{service}`` latency of the last health probe.
 - ``llm_supervisor_health_check_failures{service}`` consecutive failed probes right now.
+- ``llm_supervisor_service_start_elapsed_seconds{service}`` seconds into the current start
+  (load); present only while starting, so a graph shows each load as a ramp to its duration.
 - ``llm_supervisor_service_rolled_back{service}`` 1 while the service runs its last known good
   spec because a reloaded one failed (``degraded`` in status).
 - ``llm_supervisor_gpu_telemetry_available`` 1 when NVML answers, else 0.
@@ -85,6 +87,9 @@ def service_metrics(services: dict[str, Any]) -> list[Metric]:
     rolled_back = _gauge(
         "service_rolled_back", "1 while on the last good spec after a failed reload.", ["service"]
     )
+    loading = _gauge(
+        "service_start_elapsed_seconds", "Seconds into the current start (load).", ["service"]
+    )
     for name, svc in sorted(services.items()):
         current = svc.get("state")
         up.add_metric([name, str(svc.get("engine", ""))], 1.0 if current == "ready" else 0.0)
@@ -106,7 +111,10 @@ def service_metrics(services: dict[str, Any]) -> list[Metric]:
             latency.add_metric([name], float(health["last_latency"]))
         failures.add_metric([name], float(health.get("failures") or 0))
         rolled_back.add_metric([name], 1.0 if svc.get("degraded") else 0.0)
-    return [up, state, restarts, code, exit_at, latency, failures, rolled_back]
+        elapsed = (svc.get("progress") or {}).get("elapsed")
+        if current == "starting" and elapsed is not None:
+            loading.add_metric([name], float(elapsed))
+    return [up, state, restarts, code, exit_at, latency, failures, rolled_back, loading]
 
 
 def gpu_metrics(gpus: dict[str, Any]) -> list[Metric]:
