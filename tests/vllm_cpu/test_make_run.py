@@ -73,6 +73,8 @@ def make_run(checkout: Path, *args: str) -> Iterator[tuple[subprocess.Popen[byte
     out = checkout / "make-run.out"
     venv = Path(sys.prefix)  # the venv running these tests: `make test` made it with make
     env = clean_env({"PATH": path_without_engines()})
+    for inherited in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL"):  # `make test`'s own variables
+        env.pop(inherited, None)
     argv = ["make", "--no-print-directory", "-o", f"{venv}/.installed", "run", f"VENV={venv}"]
     with out.open("wb") as sink:
         proc = subprocess.Popen(
