@@ -28,7 +28,7 @@ from .daemon_harness import (
     profile_text,
     run_daemon,
 )
-from .test_deploy_prometheus import _promtool
+from .test_deploy_prometheus import promtool_path
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 RULES = DEPLOY / "prometheus" / "alerts.yml"
@@ -114,7 +114,7 @@ def test_every_metric_used_is_exported(scrape: str, source: str) -> None:
 
 def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     """promtool parses PromQL only inside rule files: wrap each query in a recording rule."""
-    promtool = _promtool()
+    promtool = promtool_path()
     rules = []
     for i, expr in enumerate(dashboard_exprs()):
         for variable, value in GRAFANA_VARIABLES.items():

@@ -14,7 +14,7 @@ import yaml
 PROMETHEUS = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
 
 
-def _promtool() -> str:
+def promtool_path() -> str:
     exe = shutil.which("promtool")
     if exe:
         return exe
@@ -25,7 +25,7 @@ def _promtool() -> str:
 
 def _promtool_run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [_promtool(), *args], cwd=PROMETHEUS, capture_output=True, text=True, timeout=60
+        [promtool_path(), *args], cwd=PROMETHEUS, capture_output=True, text=True, timeout=60
     )
 
 
