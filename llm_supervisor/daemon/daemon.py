@@ -62,6 +62,7 @@ class Daemon:
         self.placement = Placement(GpuMonitor(make_backend()))
         self.registry = GroupRegistry(options.state_dir)
         self.started_at = time.time()
+        self.orphans_killed = 0  # by the sweep at start (status and metrics)
         self.started_monotonic = time.monotonic()
         self.gateway: Gateway | None = None
         self.reloader: Reloader | None = None
@@ -109,6 +110,7 @@ class Daemon:
         config = self.load()  # ConfigError propagates: nothing has been started yet
         self.registry.acquire()  # before the sweep: another live daemon's engines are no orphans
         killed = await self.registry.kill_orphans()
+        self.orphans_killed = len(killed)
         if killed:
             log.warning("daemon.orphans_killed", pids=killed)
         self._build(config)

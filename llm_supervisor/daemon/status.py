@@ -29,6 +29,7 @@ def build_status(daemon: Daemon) -> dict[str, Any]:
             "pid": os.getpid(),
             "uptime": time.monotonic() - daemon.started_monotonic,
             "started_at": daemon.started_at,
+            "orphans_killed": daemon.orphans_killed,
             "config_dir": str(daemon.options.config_dir),
             "gateway": daemon.gateway_address,
         },

@@ -23,6 +23,7 @@ from .pins import PinReconciler
 from .routing import ollama_for
 from .stats import GatewayStats
 from .upstream import (
+    FIRST_BYTE_AT,
     ErrorBody,
     UpstreamBroke,
     UpstreamClient,
@@ -92,6 +93,7 @@ class Gateway:
         ensure: bool = True,
     ) -> web.StreamResponse:
         """Start the service if needed (the request waits), then forward and stream back."""
+        started = time.perf_counter()
         if ensure:
             try:
                 await self.backend.ensure_ready(up.service)
@@ -106,7 +108,15 @@ class Gateway:
         self.stats.requests[(up.service, api)] += 1
         self.state.request_started(up.service, model)
         try:
-            return await self.client.forward(up, request, body)
+            response = await self.client.forward(up, request, body)
+            first_byte = response.get(FIRST_BYTE_AT)
+            self.stats.observe(
+                up.service,
+                request.path,
+                time.perf_counter() - started,
+                None if first_byte is None else first_byte - started,
+            )
+            return response
         except UpstreamUnavailable as exc:
             self.stats.upstream_errors[up.service] += 1
             log.warning("gateway.upstream_unavailable", service=up.service, error=str(exc))
