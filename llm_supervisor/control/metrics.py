@@ -13,6 +13,8 @@ Families (``service`` = service name, ``gpu`` = GPU index; no PIDs or request id
 - ``llm_supervisor_service_last_exit_timestamp_seconds{service}`` when it last exited.
 - ``llm_supervisor_health_check_seconds{service}`` latency of the last health probe.
 - ``llm_supervisor_health_check_failures{service}`` consecutive failed probes right now.
+- ``llm_supervisor_requests_waiting{service}`` / ``llm_supervisor_requests_in_flight{service}``
+  gateway requests held for the service's start / being served by it.
 - ``llm_supervisor_gpu_telemetry_available`` 1 when NVML answers, else 0.
 - ``llm_supervisor_gpu_info{gpu,uuid,name}`` 1 per GPU, to map indexes to devices.
 - ``llm_supervisor_gpu_memory_total_bytes{gpu}`` / ``llm_supervisor_gpu_memory_used_bytes{gpu}``.
@@ -75,7 +77,11 @@ def service_metrics(services: dict[str, Any]) -> list[Metric]:
     exit_at = _gauge("service_last_exit_timestamp_seconds", "Time of the last exit.", ["service"])
     latency = _gauge("health_check_seconds", "Latency of the last health probe.", ["service"])
     failures = _gauge("health_check_failures", "Consecutive failed health probes.", ["service"])
+    waiting = _gauge("requests_waiting", "Gateway requests held for a start.", ["service"])
+    in_flight = _gauge("requests_in_flight", "Gateway requests being served.", ["service"])
     for name, svc in sorted(services.items()):
+        waiting.add_metric([name], float(svc.get("waiting") or 0))
+        in_flight.add_metric([name], float(svc.get("in_flight") or 0))
         current = svc.get("state")
         up.add_metric([name, str(svc.get("engine", ""))], 1.0 if current == "ready" else 0.0)
         for each in SERVICE_STATES:
@@ -95,7 +101,7 @@ def service_metrics(services: dict[str, Any]) -> list[Metric]:
         if health.get("last_latency") is not None:
             latency.add_metric([name], float(health["last_latency"]))
         failures.add_metric([name], float(health.get("failures") or 0))
-    return [up, state, restarts, code, exit_at, latency, failures]
+    return [up, state, restarts, code, exit_at, latency, failures, waiting, in_flight]
 
 
 def gpu_metrics(gpus: dict[str, Any]) -> list[Metric]:

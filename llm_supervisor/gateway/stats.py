@@ -19,6 +19,7 @@ class GatewayStats:
     focus_refusals: Counter[str] = field(default_factory=Counter)  # model
     upstream_errors: Counter[str] = field(default_factory=Counter)  # service
     disconnects: Counter[str] = field(default_factory=Counter)  # service
+    fallbacks: Counter[tuple[str, str]] = field(default_factory=Counter)  # (model, fallback)
     bad_keep_alive: int = 0
 
     def snapshot(self) -> dict[str, Any]:
@@ -30,6 +31,7 @@ class GatewayStats:
             "focus_refusals": dict(self.focus_refusals),
             "upstream_errors": dict(self.upstream_errors),
             "disconnects": dict(self.disconnects),
+            "fallbacks": {f"{m} -> {f}": n for (m, f), n in self.fallbacks.items()},
             "bad_keep_alive": self.bad_keep_alive,
         }
 
@@ -76,6 +78,12 @@ class _StatsCollector(Collector):
             "Client disconnects that cancelled an upstream request",
             ["service"],
             {(k,): v for k, v in s.disconnects.items()},
+        )
+        yield _family(
+            "llm_supervisor_gateway_fallbacks",
+            "Requests served by a fallback model (policy fallbacks)",
+            ["model", "fallback"],
+            s.fallbacks,
         )
 
 
