@@ -23,6 +23,8 @@ FAMILIES = {
     "llm_supervisor_service_last_exit_timestamp_seconds": "gauge",
     "llm_supervisor_health_check_seconds": "gauge",
     "llm_supervisor_health_check_failures": "gauge",
+    "llm_supervisor_requests_waiting": "gauge",
+    "llm_supervisor_requests_in_flight": "gauge",
     "llm_supervisor_gpu_telemetry_available": "gauge",
     "llm_supervisor_gpu_info": "gauge",
     "llm_supervisor_gpu_memory_total_bytes": "gauge",

@@ -17,6 +17,8 @@ Families (``service`` = service name, ``gpu`` = GPU index; no PIDs or request id
   (load); present only while starting, so a graph shows each load as a ramp to its duration.
 - ``llm_supervisor_service_rolled_back{service}`` 1 while the service runs its last known good
   spec because a reloaded one failed (``degraded`` in status).
+- ``llm_supervisor_requests_waiting{service}`` / ``llm_supervisor_requests_in_flight{service}``
+  gateway requests held for the service's start / being served by it.
 - ``llm_supervisor_gpu_telemetry_available`` 1 when NVML answers, else 0.
 - ``llm_supervisor_gpu_info{gpu,uuid,name}`` 1 per GPU, to map indexes to devices.
 - ``llm_supervisor_gpu_up{gpu}`` 1 when this GPU answers NVML, 0 when it is lost or failing.
@@ -90,7 +92,11 @@ def service_metrics(services: dict[str, Any]) -> list[Metric]:
     loading = _gauge(
         "service_start_elapsed_seconds", "Seconds into the current start (load).", ["service"]
     )
+    waiting = _gauge("requests_waiting", "Gateway requests held for a start.", ["service"])
+    in_flight = _gauge("requests_in_flight", "Gateway requests being served.", ["service"])
     for name, svc in sorted(services.items()):
+        waiting.add_metric([name], float(svc.get("waiting") or 0))
+        in_flight.add_metric([name], float(svc.get("in_flight") or 0))
         current = svc.get("state")
         up.add_metric([name, str(svc.get("engine", ""))], 1.0 if current == "ready" else 0.0)
         for each in SERVICE_STATES:
@@ -114,7 +120,19 @@ def service_metrics(services: dict[str, Any]) -> list[Metric]:
         elapsed = (svc.get("progress") or {}).get("elapsed")
         if current == "starting" and elapsed is not None:
             loading.add_metric([name], float(elapsed))
-    return [up, state, restarts, code, exit_at, latency, failures, rolled_back, loading]
+    return [
+        up,
+        state,
+        restarts,
+        code,
+        exit_at,
+        latency,
+        failures,
+        rolled_back,
+        loading,
+        waiting,
+        in_flight,
+    ]
 
 
 def gpu_metrics(gpus: dict[str, Any]) -> list[Metric]:

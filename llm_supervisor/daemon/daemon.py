@@ -30,6 +30,7 @@ from ..reload.reloader import Reloader
 from ..reload.watcher import watch_config_dir
 from ..service.gate import StartGate
 from ..service.manager import Manager
+from ..service.starts import StartHistory
 from . import lastresort
 from .backend import DaemonBackend
 from .sdnotify import SystemdNotifier, watchdog_loop
@@ -140,6 +141,7 @@ class Daemon:
                 "cuda_devices": self.placement.cuda_devices,
                 "wait_released": self.placement.wait_released,
             },
+            start_history=StartHistory(self.options.state_dir / "starts.json"),
         )
         self.placement.manager = self.manager
         self.backend = DaemonBackend(self)

@@ -23,6 +23,11 @@ def build_status(daemon: Daemon) -> dict[str, Any]:
         entry = services.get(row.get("service", ""))
         if entry is not None:
             entry["idle"] = row
+    queue = daemon.gateway.queue_facts() if daemon.gateway else {}
+    for name, entry in services.items():
+        facts = queue.get(name, {})
+        entry["waiting"] = facts.get("waiting", 0)
+        entry["in_flight"] = facts.get("in_flight", 0)
     return {
         "version": __version__,
         "daemon": {

@@ -59,6 +59,7 @@ class GatewayStats:
     focus_refusals: Counter[str] = field(default_factory=Counter)  # model
     upstream_errors: Counter[str] = field(default_factory=Counter)  # service
     disconnects: Counter[str] = field(default_factory=Counter)  # service
+    fallbacks: Counter[tuple[str, str]] = field(default_factory=Counter)  # (model, fallback)
     bad_keep_alive: int = 0
     latency: dict[tuple[str, str], Histogram] = field(default_factory=dict)  # (service, route)
     first_byte: dict[tuple[str, str], Histogram] = field(default_factory=dict)  # streams only
@@ -81,6 +82,7 @@ class GatewayStats:
             "focus_refusals": dict(self.focus_refusals),
             "upstream_errors": dict(self.upstream_errors),
             "disconnects": dict(self.disconnects),
+            "fallbacks": {f"{m} -> {f}": n for (m, f), n in self.fallbacks.items()},
             "bad_keep_alive": self.bad_keep_alive,
             "latency_counts": {f"{s}/{r}": sum(h.counts) for (s, r), h in self.latency.items()},
             "first_byte_counts": {
@@ -141,6 +143,12 @@ class _StatsCollector(Collector):
             "llm_supervisor_gateway_first_byte_seconds",
             "Streamed answers: time from the request until the first body chunk was sent",
             s.first_byte,
+        )
+        yield _family(
+            "llm_supervisor_gateway_fallbacks",
+            "Requests served by a fallback model (policy fallbacks)",
+            ["model", "fallback"],
+            s.fallbacks,
         )
 
 

@@ -111,6 +111,7 @@ class UpstreamClient:
         up: Upstream,
         request: web.BaseRequest,
         body: bytes | AsyncIterator[bytes] | None,
+        extra_headers: list[tuple[str, str]] | None = None,
     ) -> web.StreamResponse:
         """Proxy the exchange. A client hang-up cancels this task (handler_cancellation),
         and the cancellation closes the engine connection, so the engine stops the work."""
@@ -129,7 +130,7 @@ class UpstreamClient:
             message = f"engine {up.service} sent a broken answer: {exc}"
             raise UpstreamUnavailable(message) from exc
         try:
-            return await _relay(resp, request)
+            return await _relay(resp, request, extra_headers)
         except BaseException:
             resp.close()  # drop the connection: the engine sees the cancel and stops work
             raise
@@ -137,11 +138,17 @@ class UpstreamClient:
             resp.release()
 
 
-async def _relay(resp: aiohttp.ClientResponse, request: web.BaseRequest) -> web.StreamResponse:
+async def _relay(
+    resp: aiohttp.ClientResponse,
+    request: web.BaseRequest,
+    extra_headers: list[tuple[str, str]] | None = None,
+) -> web.StreamResponse:
+    extra = extra_headers or []
     if resp.content_length is not None and resp.content_length < _BUFFER_LIMIT:
-        headers = _response_headers(resp, _DROP)  # web.Response sets the length itself
+        headers = _response_headers(resp, _DROP) + extra  # web.Response sets the length
         return web.Response(status=resp.status, body=await resp.read(), headers=headers)
-    out = web.StreamResponse(status=resp.status, headers=_response_headers(resp, _DROP_RESPONSE))
+    headers = _response_headers(resp, _DROP_RESPONSE) + extra
+    out = web.StreamResponse(status=resp.status, headers=headers)
     await out.prepare(request)
     chunks = resp.content.iter_any()
     try:
