@@ -1,7 +1,12 @@
-"""Forwarding one request to an engine and streaming its answer back, chunk by chunk.
+"""Forwarding one request to an engine and streaming its answer back.
 
-Why aiohttp on both sides: measured with bench/gateway_bench.py on this project's 2-core
-machine at 64 clients (nginx with one worker: ~46,000 req/s):
+Two paths. The common one (HTTP/1.1 client, a body the gateway holds in memory) is
+relay.py's: llhttp-parsed keep-alive connections whose answer bytes pass through unchanged.
+aiohttp's client takes the rest (HEAD, HTTP/1.0 clients, request bodies streamed through
+unread such as model uploads) and the side requests (merged /api/tags, the pin loop).
+
+Why aiohttp for the server and the fallback client: measured with bench/gateway_bench.py
+on this project's 2-core machine at 64 clients (nginx with one worker: ~46,000 req/s):
 - Starlette's StreamingResponse over httpx's own transport: ~200 req/s;
 - a plain ASGI app under uvicorn over aiohttp's client: ~7,000 req/s, because uvicorn
   never cancels an ASGI app whose client left, so every request needed its own
@@ -23,6 +28,7 @@ import aiohttp
 from aiohttp import web
 
 from .backend import Upstream
+from .relay import IDEMPOTENT, BrokenAnswer, EngineConnection, EngineGone, EnginePool, PassThrough
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) and the ones the transport recomputes. The client's
 # Host is dropped on purpose: Ollama answers 403 to a non-local Host (server/routes.go
@@ -36,6 +42,10 @@ _DROP = frozenset(
     }
 )  # fmt: skip
 _DROP_RESPONSE = _DROP - {"content-length"}  # body bytes pass unchanged: length stays right
+_DROP_RAW = frozenset(name.encode() for name in _DROP)
+# The lean path passes the engine's framing on with its bytes: Transfer-Encoding stays too.
+_DROP_PASSED = _DROP_RESPONSE - {"transfer-encoding"}
+_NO_BODY_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
 _BUFFER_LIMIT = 1 << 20  # answers with a known length below this are sent in one write
 
 ErrorBody = Callable[[int, str], dict[str, Any]]
@@ -75,6 +85,7 @@ class UpstreamClient:
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
+        self.pool = EnginePool()
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -89,6 +100,7 @@ class UpstreamClient:
         return self._session
 
     async def close(self) -> None:
+        self.pool.close()
         if self._session is not None:
             await self._session.close()
 
@@ -115,6 +127,8 @@ class UpstreamClient:
     ) -> web.StreamResponse:
         """Proxy the exchange. A client hang-up cancels this task (handler_cancellation),
         and the cancellation closes the engine connection, so the engine stops the work."""
+        if (body is None or isinstance(body, bytes)) and _leanable(request):
+            return await self._lean(up, request, body or b"", extra_headers or [])
         try:
             resp = await self.session().request(
                 request.method,
@@ -136,6 +150,123 @@ class UpstreamClient:
             raise
         finally:
             resp.release()
+
+    async def _lean(
+        self, up: Upstream, request: web.BaseRequest, body: bytes, extra: list[tuple[str, str]]
+    ) -> web.StreamResponse:
+        """The lean path (relay.py): one retry, for an idempotent request whose reused
+        connection the engine had closed before answering anything."""
+        head = _request_head(request, up, body)
+        for retry in (False, True):
+            conn, reused = await self._acquire(up)
+            try:
+                conn.send(head, body)
+                while not (conn.head_done or conn.error):
+                    await conn.wait()
+            except BaseException:
+                conn.close()  # cancelled: the engine sees the hang-up and stops the work
+                raise
+            if conn.error is None:
+                break
+            stale = isinstance(conn.error, EngineGone) and not conn.error.answered and reused
+            if retry or not stale or request.method not in IDEMPOTENT:
+                raise _unavailable(up, conn.error)
+        try:
+            return await _pass_on(conn, request, up, extra)
+        except BaseException:
+            conn.close()
+            raise
+        finally:
+            self.pool.release(conn)
+
+    async def _acquire(self, up: Upstream) -> tuple[EngineConnection, bool]:
+        try:
+            return await self.pool.acquire(up)
+        except (OSError, TimeoutError) as exc:
+            reason = str(exc) or type(exc).__name__
+            message = f"engine {up.service} unreachable on 127.0.0.1:{up.port}: {reason}"
+            raise UpstreamUnavailable(message) from exc
+
+
+def _leanable(request: web.BaseRequest) -> bool:
+    """Everything but HEAD (llhttp cannot be told that its answer has no body) and HTTP/1.0
+    clients (they cannot take a chunked answer as it is); the caller checks that the body
+    is in memory (model uploads are streamed through unread)."""
+    return request.version == aiohttp.HttpVersion11 and request.method != "HEAD"
+
+
+def _unavailable(up: Upstream, error: Exception) -> UpstreamUnavailable:
+    if isinstance(error, BrokenAnswer):
+        return UpstreamUnavailable(f"engine {up.service} sent a broken answer: {error}")
+    return UpstreamUnavailable(f"engine {up.service} unreachable on 127.0.0.1:{up.port}: {error}")
+
+
+def _request_head(request: web.BaseRequest, up: Upstream, body: bytes) -> bytes:
+    """The request as the engine gets it: the client's headers minus hop-by-hop ones, Host
+    set to the engine's address (Ollama 403s others), X-Forwarded-For added."""
+    method = request.method
+    target = request.raw_path.encode("utf-8", "surrogateescape")
+    parts = [b"%s %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % (method.encode(), target, up.port)]
+    for name, value in request.raw_headers:
+        if name.lower() not in _DROP_RAW:
+            parts += (name, b": ", value, b"\r\n")
+    if request.remote:
+        parts.append(b"X-Forwarded-For: %s\r\n" % request.remote.encode())
+    if body or method not in _NO_BODY_METHODS:
+        parts.append(b"Content-Length: %d\r\n" % len(body))
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+async def _pass_on(
+    conn: EngineConnection, request: web.BaseRequest, up: Upstream, extra: list[tuple[str, str]]
+) -> web.StreamResponse:
+    """The engine's answer to the client: a short one (known length under _BUFFER_LIMIT) in
+    one write once complete; anything else as it arrives, straight from the engine's socket."""
+    length: int | None = None
+    headers = []
+    for raw_name, raw_value in conn.headers:
+        name = raw_name.decode("utf-8", "surrogateescape")
+        lower = name.lower()
+        if lower not in _DROP_PASSED:
+            headers.append((name, raw_value.decode("utf-8", "surrogateescape")))
+        if lower == "content-length":
+            length = int(raw_value)
+    reason = conn.reason.decode("utf-8", "surrogateescape") or None
+    out = PassThrough(conn.parser.get_status_code(), reason, headers + extra)
+    if conn.close_delimited:
+        out.force_close()  # its end is the engine's close: so is the client's
+    buffered = length is not None and length < _BUFFER_LIMIT
+    while buffered and not (conn.complete or conn.error):
+        await conn.wait()
+    if buffered and conn.error:
+        raise _unavailable(up, conn.error)
+    await out.prepare(request)
+    first = b"".join(conn.pending)
+    conn.pending.clear()
+    await out.write(first)  # with the head, in one write
+    while conn.pending:  # arrived while that write waited for the client to drain
+        chunk = b"".join(conn.pending)
+        conn.pending.clear()
+        await out.write(chunk)
+    if buffered:
+        return out
+    if first:
+        out[FIRST_BYTE_AT] = time.perf_counter()
+    writer = request.writer
+    conn.relay_to(request)
+    while not conn.complete:
+        if conn.error:
+            raise UpstreamBroke(out, str(conn.error))
+        if conn.paused:
+            await writer.drain()
+            conn.resume()
+        else:
+            await conn.wait()
+    if not first and conn.first_body_at is not None:
+        out[FIRST_BYTE_AT] = conn.first_body_at
+    await out.write_eof()
+    return out
 
 
 async def _relay(

@@ -1,0 +1,266 @@
+"""The gateway's lean path to an engine: keep-alive connections parsed by llhttp (httptools),
+and answers relayed to the client as the engine framed them.
+
+Why not aiohttp's client here (it stays for side requests and the rare cases listed in
+upstream.py): per proxied request it builds a URL object, a request and a response object,
+a stream reader and its tasks; per streamed event it decodes the chunk framing, wakes the
+handler task, and the server's writer frames it again. That was about half of the
+gateway's CPU per request. Here the request head is one bytes join, the engine's answer
+is parsed in C, and once the head is sent every body byte goes from the engine's socket
+to the client's inside one ``data_received`` call: no task switch, no re-framing (chunked
+stays chunked, a Content-Length stays right). bench/gateway_bench.py has the numbers.
+
+Only the gateway's handler task drives an exchange; the protocol callbacks record what
+arrived and wake it (``_wake``) when it has something to decide: the head, the end, a
+failure, or a client that stopped reading (the engine's socket is paused until it drains).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from typing import cast
+
+import httptools
+from aiohttp import web
+
+from .backend import Upstream
+
+HEAD_LIMIT = 64 << 10  # an engine's status line and headers; more is not an HTTP answer
+IDLE_KEEP = 4.0  # seconds a spare connection is kept: under uvicorn's (vLLM's) 5 s default
+CONNECT_TIMEOUT = 10.0  # generation may take minutes; only connecting is bounded
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+
+class EngineGone(Exception):
+    """The connection broke; ``answered``: whether any byte of an answer had arrived."""
+
+    def __init__(self, message: str, answered: bool) -> None:
+        super().__init__(message)
+        self.answered = answered
+
+
+class BrokenAnswer(Exception):
+    """What the engine sent is not HTTP (another program on its port, or garbage)."""
+
+
+class EngineConnection(asyncio.Protocol):
+    """One keep-alive connection to an engine, carrying one exchange at a time."""
+
+    def __init__(self, pool: EnginePool, port: int) -> None:
+        self.pool, self.port = pool, port
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.lost = False
+        self.busy = False  # an exchange is under way (a spare connection must stay silent)
+        self.idle_since = 0.0
+        self.sink: asyncio.Transport | None = None  # the client's socket, once relaying
+        self._client_protocol: web.RequestHandler | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_done = self.complete = self.paused = self.received = False
+        self.keep_alive = False
+        self.error: Exception | None = None
+        self.pending: list[bytes] = []  # body bytes as framed, not yet written to the client
+        self.first_body_at: float | None = None
+        self._head = b""
+        self.sink = self._client_protocol = None
+
+    # The exchange, driven by the handler task.
+
+    def send(self, head: bytes, body: bytes) -> None:
+        self._reset()
+        self.busy = True
+        assert self.transport is not None
+        if len(body) < 16384:
+            self.transport.write(head + body)
+        else:
+            self.transport.writelines((head, body))  # no copy of a large body
+
+    async def wait(self) -> None:
+        """Until a callback has news (see the module docstring)."""
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def relay_to(self, request: web.BaseRequest) -> None:
+        """From now on body bytes go straight to the client's socket."""
+        self.sink = cast(asyncio.Transport, request.transport)
+        self._client_protocol = request.protocol
+
+    def resume(self) -> None:
+        self.paused = False
+        if self.transport is not None and not self.lost:
+            self.transport.resume_reading()
+
+    @property
+    def close_delimited(self) -> bool:
+        """An answer without a length that ends when the engine closes (HTTP/1.0 style)."""
+        names = {name.lower() for name, _ in self.headers}
+        status = self.parser.get_status_code()
+        return not ({b"content-length", b"transfer-encoding"} & names) and status not in (204, 304)
+
+    def close(self) -> None:
+        self.lost = True
+        if self.transport is not None:
+            self.transport.close()
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.busy:  # a spare connection spoke: whatever it says, it is not reusable
+            self.close()
+            return
+        self.received = True
+        had_head = self.head_done
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:  # HttpParserUpgrade included
+            self._fail(BrokenAnswer(str(exc) or type(exc).__name__))
+            return
+        if had_head:
+            self._body(data)
+        elif self.head_done:  # the head ended in this segment: the rest is body
+            head = self._head + data
+            self._head = b""
+            if rest := head[head.index(b"\r\n\r\n") + 4 :]:
+                self._body(rest)
+        elif len(self._head) + len(data) > HEAD_LIMIT:
+            self._fail(BrokenAnswer(f"no end of the answer's head in {HEAD_LIMIT} bytes"))
+            return
+        else:
+            self._head += data
+        if (self.head_done and not had_head) or self.complete:
+            self._wake()
+
+    def _body(self, data: bytes) -> None:
+        sink = self.sink
+        if sink is None:
+            self.pending.append(data)
+            return
+        if sink.is_closing():
+            return  # the client left: aiohttp cancels the handler, which closes us
+        if self.first_body_at is None:
+            self.first_body_at = time.perf_counter()
+        sink.write(data)
+        protocol = self._client_protocol
+        if protocol is not None and protocol.writing_paused and not self.paused:
+            self.paused = True  # the client reads slower than the engine writes
+            assert self.transport is not None
+            self.transport.pause_reading()
+            self._wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.pool.forget(self)
+        if self.complete or self.error:  # an error found first (a parse error) says more
+            return
+        if self.head_done and exc is None and self.close_delimited:
+            self.complete = True  # such an answer ends with the connection
+        else:
+            reason = str(exc) if exc else "the engine closed the connection"
+            self.error = EngineGone(reason, self.received)
+        self._wake()
+
+    # httptools callbacks
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.head_done = True
+        # Asked now: once the message is complete llhttp has reset what it knew.
+        self.keep_alive = self.parser.should_keep_alive()
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+    def _fail(self, error: Exception) -> None:
+        self.error = error
+        self.close()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+class EnginePool:
+    """Spare keep-alive connections per engine port, most recently used first."""
+
+    def __init__(self, idle_keep: float = IDLE_KEEP) -> None:
+        self.idle_keep = idle_keep
+        self._idle: dict[int, collections.deque[EngineConnection]] = {}
+
+    async def acquire(self, up: Upstream) -> tuple[EngineConnection, bool]:
+        """A connection and whether it was reused (a reused one may have been closed by the
+        engine a moment ago: the caller may retry an idempotent request once)."""
+        spare = self._idle.get(up.port)
+        now = time.monotonic()
+        while spare:
+            conn = spare.pop()
+            if not conn.lost and now - conn.idle_since < self.idle_keep:
+                return conn, True
+            conn.close()
+        return await self.connect(up), False
+
+    async def connect(self, up: Upstream) -> EngineConnection:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            _, protocol = await loop.create_connection(
+                lambda: EngineConnection(self, up.port), "127.0.0.1", up.port
+            )
+        return protocol
+
+    def release(self, conn: EngineConnection) -> None:
+        """Back to the pool if the exchange ended cleanly and both sides keep the connection."""
+        if conn.lost or not conn.complete or conn.error or not conn.keep_alive:
+            conn.close()
+            return
+        conn.idle_since = time.monotonic()
+        conn.busy = False
+        conn.sink = conn._client_protocol = None
+        spare = self._idle.setdefault(conn.port, collections.deque())
+        spare.append(conn)
+        while spare and conn.idle_since - spare[0].idle_since > self.idle_keep:
+            spare.popleft().close()  # the oldest ones, amortized over releases
+
+    def forget(self, conn: EngineConnection) -> None:
+        spare = self._idle.get(conn.port)
+        if spare and conn in spare:
+            spare.remove(conn)
+
+    def close(self) -> None:
+        for spare in self._idle.values():
+            while spare:
+                spare.pop().close()
+        self._idle.clear()
+
+
+class PassThrough(web.StreamResponse):
+    """A response whose body bytes are the engine's, framing included.
+
+    aiohttp writes the status line and headers (the engine's, minus hop-by-hop ones) and
+    then nothing of its own: like its WebSocketResponse, no length check and no chunked
+    encoding of its own, since the engine's Transfer-Encoding or Content-Length is passed
+    on with the bytes it describes. The head waits for the first body bytes (one write).
+    """
+
+    _send_headers_immediately = False
+
+    def __init__(self, status: int, reason: str | None, headers: list[tuple[str, str]]) -> None:
+        super().__init__(status=status, reason=reason, headers=headers)
+        self._length_check = False
