@@ -24,6 +24,7 @@ from typing import cast
 
 import httptools
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 from .backend import Upstream
 
@@ -31,6 +32,14 @@ HEAD_LIMIT = 64 << 10  # an engine's status line and headers; more is not an HTT
 IDLE_KEEP = 4.0  # seconds a spare connection is kept: under uvicorn's (vLLM's) 5 s default
 CONNECT_TIMEOUT = 10.0  # generation may take minutes; only connecting is bounded
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+# Hop-by-hop headers of an answer (RFC 9110 §7.6.1): not passed on. Its framing headers
+# (Content-Length, Transfer-Encoding) are, since the bytes they describe pass unchanged.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization",
+        b"proxy-connection", b"te", b"trailer", b"upgrade",
+    }
+)  # fmt: skip
 
 
 class EngineGone(Exception):
@@ -63,6 +72,10 @@ class EngineConnection(asyncio.Protocol):
     def _reset(self) -> None:
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
+        self.raw_head = b""  # the answer's status line and headers as the engine sent them
+        self.length: int | None = None  # its Content-Length
+        self.framed = False  # it has a Content-Length or a Transfer-Encoding
+        self.hop = False  # it has a hop-by-hop header (then the head is rebuilt without)
         self.head_done = self.complete = self.paused = self.received = False
         self.keep_alive = False
         self.error: Exception | None = None
@@ -94,6 +107,14 @@ class EngineConnection(asyncio.Protocol):
         """From now on body bytes go straight to the client's socket."""
         self.sink = cast(asyncio.Transport, request.transport)
         self._client_protocol = request.protocol
+        if request.protocol.writing_paused:  # the head and first bytes filled its buffer
+            self._pause()
+
+    def _pause(self) -> None:
+        self.paused = True  # the client reads slower than the engine writes
+        assert self.transport is not None
+        self.transport.pause_reading()
+        self._wake()
 
     def resume(self) -> None:
         self.paused = False
@@ -101,11 +122,26 @@ class EngineConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
     @property
+    def status(self) -> int:
+        return self.parser.get_status_code()
+
+    @property
     def close_delimited(self) -> bool:
         """An answer without a length that ends when the engine closes (HTTP/1.0 style)."""
-        names = {name.lower() for name, _ in self.headers}
-        status = self.parser.get_status_code()
-        return not ({b"content-length", b"transfer-encoding"} & names) and status not in (204, 304)
+        return not self.framed and self.status not in (204, 304)
+
+    def client_head(self, extra: bytes, close: bool) -> bytes:
+        """The head for the client: the engine's headers as they came (minus hop-by-hop
+        ones), ``extra`` header lines, and ``Connection: close`` when the client's
+        connection ends with this answer."""
+        if self.hop:
+            block = b"".join(
+                [b"%s: %s\r\n" % h for h in self.headers if h[0].lower() not in HOP_BY_HOP]
+            )
+        else:
+            block = self.raw_head[self.raw_head.index(b"\r\n") + 2 : -2]
+        closing = b"Connection: close\r\n" if close else b""
+        return b"HTTP/1.1 %d %s\r\n%s%s%s\r\n" % (self.status, self.reason, block, extra, closing)
 
     def close(self) -> None:
         self.lost = True
@@ -133,7 +169,9 @@ class EngineConnection(asyncio.Protocol):
         elif self.head_done:  # the head ended in this segment: the rest is body
             head = self._head + data
             self._head = b""
-            if rest := head[head.index(b"\r\n\r\n") + 4 :]:
+            end = head.index(b"\r\n\r\n") + 4
+            self.raw_head = head[:end]
+            if rest := head[end:]:
                 self._body(rest)
         elif len(self._head) + len(data) > HEAD_LIMIT:
             self._fail(BrokenAnswer(f"no end of the answer's head in {HEAD_LIMIT} bytes"))
@@ -155,10 +193,7 @@ class EngineConnection(asyncio.Protocol):
         sink.write(data)
         protocol = self._client_protocol
         if protocol is not None and protocol.writing_paused and not self.paused:
-            self.paused = True  # the client reads slower than the engine writes
-            assert self.transport is not None
-            self.transport.pause_reading()
-            self._wake()
+            self._pause()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -179,6 +214,14 @@ class EngineConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
+        lower = name.lower()
+        if lower == b"content-length":
+            self.length = int(value)  # llhttp accepts digits only
+            self.framed = True
+        elif lower == b"transfer-encoding":
+            self.framed = True
+        elif lower in HOP_BY_HOP:
+            self.hop = True
 
     def on_headers_complete(self) -> None:
         self.head_done = True
@@ -205,17 +248,17 @@ class EnginePool:
         self.idle_keep = idle_keep
         self._idle: dict[int, collections.deque[EngineConnection]] = {}
 
-    async def acquire(self, up: Upstream) -> tuple[EngineConnection, bool]:
-        """A connection and whether it was reused (a reused one may have been closed by the
-        engine a moment ago: the caller may retry an idempotent request once)."""
+    def spare(self, up: Upstream) -> EngineConnection | None:
+        """A kept connection to the engine, or None. A kept one may have been closed by the
+        engine a moment ago: the caller may retry an idempotent request once."""
         spare = self._idle.get(up.port)
         now = time.monotonic()
         while spare:
             conn = spare.pop()
             if not conn.lost and now - conn.idle_since < self.idle_keep:
-                return conn, True
+                return conn
             conn.close()
-        return await self.connect(up), False
+        return None
 
     async def connect(self, up: Upstream) -> EngineConnection:
         loop = asyncio.get_running_loop()
@@ -250,17 +293,25 @@ class EnginePool:
         self._idle.clear()
 
 
-class PassThrough(web.StreamResponse):
-    """A response whose body bytes are the engine's, framing included.
+class Relayed(web.StreamResponse):
+    """An answer the relay wrote to the client's socket itself, head included.
 
-    aiohttp writes the status line and headers (the engine's, minus hop-by-hop ones) and
-    then nothing of its own: like its WebSocketResponse, no length check and no chunked
-    encoding of its own, since the engine's Transfer-Encoding or Content-Length is passed
-    on with the bytes it describes. The head waits for the first body bytes (one write).
+    aiohttp's server only calls ``prepare`` and ``write_eof`` on what a handler returns
+    and asks ``keep_alive`` whether the connection stays open; here the first two have
+    nothing left to do. (Its own head writing would decode the engine's headers into a
+    CIMultiDict and encode them again: a tenth of the gateway's CPU per request.)
     """
 
-    _send_headers_immediately = False
+    def __init__(self, status: int, keep_alive: bool) -> None:
+        super().__init__(status=status)
+        self._open = keep_alive
 
-    def __init__(self, status: int, reason: str | None, headers: list[tuple[str, str]]) -> None:
-        super().__init__(status=status, reason=reason, headers=headers)
-        self._length_check = False
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        return request.writer
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        return None
+
+    @property
+    def keep_alive(self) -> bool:
+        return self._open

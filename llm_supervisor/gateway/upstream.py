@@ -28,7 +28,7 @@ import aiohttp
 from aiohttp import web
 
 from .backend import Upstream
-from .relay import IDEMPOTENT, BrokenAnswer, EngineConnection, EngineGone, EnginePool, PassThrough
+from .relay import IDEMPOTENT, BrokenAnswer, EngineConnection, EngineGone, EnginePool, Relayed
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) and the ones the transport recomputes. The client's
 # Host is dropped on purpose: Ollama answers 403 to a non-local Host (server/routes.go
@@ -43,8 +43,6 @@ _DROP = frozenset(
 )  # fmt: skip
 _DROP_RESPONSE = _DROP - {"content-length"}  # body bytes pass unchanged: length stays right
 _DROP_RAW = frozenset(name.encode() for name in _DROP)
-# The lean path passes the engine's framing on with its bytes: Transfer-Encoding stays too.
-_DROP_PASSED = _DROP_RESPONSE - {"transfer-encoding"}
 _NO_BODY_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
 _BUFFER_LIMIT = 1 << 20  # answers with a known length below this are sent in one write
 
@@ -154,34 +152,44 @@ class UpstreamClient:
     async def _lean(
         self, up: Upstream, request: web.BaseRequest, body: bytes, extra: list[tuple[str, str]]
     ) -> web.StreamResponse:
-        """The lean path (relay.py): one retry, for an idempotent request whose reused
-        connection the engine had closed before answering anything."""
-        head = _request_head(request, up, body)
-        for retry in (False, True):
-            conn, reused = await self._acquire(up)
+        conn = await self._send(up, request, _request_head(request, up, body), body)
+        try:
+            return await _pass_on(conn, request, up, extra)
+        except BaseException:
+            conn.close()  # cancelled: the engine sees the hang-up and stops the work
+            raise
+        finally:
+            self.pool.release(conn)
+
+    async def _send(
+        self, up: Upstream, request: web.BaseRequest, head: bytes, body: bytes
+    ) -> EngineConnection:
+        """The request sent and the answer's head received. Retried once, on a new
+        connection, when the engine had closed a kept one before answering anything
+        (idempotent requests only, as aiohttp and RFC 9112 §9.3.1 do)."""
+        conn = self.pool.spare(up)
+        reused = conn is not None
+        while True:
+            if conn is None:
+                conn = await self._connect(up)
             try:
                 conn.send(head, body)
                 while not (conn.head_done or conn.error):
                     await conn.wait()
             except BaseException:
-                conn.close()  # cancelled: the engine sees the hang-up and stops the work
+                conn.close()
                 raise
-            if conn.error is None:
-                break
-            stale = isinstance(conn.error, EngineGone) and not conn.error.answered and reused
-            if retry or not stale or request.method not in IDEMPOTENT:
-                raise _unavailable(up, conn.error)
-        try:
-            return await _pass_on(conn, request, up, extra)
-        except BaseException:
-            conn.close()
-            raise
-        finally:
-            self.pool.release(conn)
+            error = conn.error
+            if error is None:
+                return conn
+            stale = isinstance(error, EngineGone) and not error.answered
+            if not (reused and stale and request.method in IDEMPOTENT):
+                raise _unavailable(up, error)
+            conn, reused = None, False
 
-    async def _acquire(self, up: Upstream) -> tuple[EngineConnection, bool]:
+    async def _connect(self, up: Upstream) -> EngineConnection:
         try:
-            return await self.pool.acquire(up)
+            return await self.pool.connect(up)
         except (OSError, TimeoutError) as exc:
             reason = str(exc) or type(exc).__name__
             message = f"engine {up.service} unreachable on 127.0.0.1:{up.port}: {reason}"
@@ -223,50 +231,42 @@ async def _pass_on(
 ) -> web.StreamResponse:
     """The engine's answer to the client: a short one (known length under _BUFFER_LIMIT) in
     one write once complete; anything else as it arrives, straight from the engine's socket."""
-    length: int | None = None
-    headers = []
-    for raw_name, raw_value in conn.headers:
-        name = raw_name.decode("utf-8", "surrogateescape")
-        lower = name.lower()
-        if lower not in _DROP_PASSED:
-            headers.append((name, raw_value.decode("utf-8", "surrogateescape")))
-        if lower == "content-length":
-            length = int(raw_value)
-    reason = conn.reason.decode("utf-8", "surrogateescape") or None
-    out = PassThrough(conn.parser.get_status_code(), reason, headers + extra)
-    if conn.close_delimited:
-        out.force_close()  # its end is the engine's close: so is the client's
-    buffered = length is not None and length < _BUFFER_LIMIT
+    buffered = conn.length is not None and conn.length < _BUFFER_LIMIT
     while buffered and not (conn.complete or conn.error):
         await conn.wait()
     if buffered and conn.error:
         raise _unavailable(up, conn.error)
-    await out.prepare(request)
+    client = request.transport
+    if client is None or client.is_closing():
+        raise ConnectionResetError("the client closed its connection")
+    keep_alive = request.keep_alive and not conn.close_delimited
+    out = Relayed(conn.status, keep_alive)
     first = b"".join(conn.pending)
     conn.pending.clear()
-    await out.write(first)  # with the head, in one write
-    while conn.pending:  # arrived while that write waited for the client to drain
-        chunk = b"".join(conn.pending)
-        conn.pending.clear()
-        await out.write(chunk)
+    client.write(conn.client_head(_header_lines(extra), not keep_alive) + first)
     if buffered:
         return out
     if first:
         out[FIRST_BYTE_AT] = time.perf_counter()
-    writer = request.writer
     conn.relay_to(request)
     while not conn.complete:
         if conn.error:
             raise UpstreamBroke(out, str(conn.error))
         if conn.paused:
-            await writer.drain()
+            await request.writer.drain()
             conn.resume()
         else:
             await conn.wait()
     if not first and conn.first_body_at is not None:
         out[FIRST_BYTE_AT] = conn.first_body_at
-    await out.write_eof()
     return out
+
+
+def _header_lines(headers: list[tuple[str, str]]) -> bytes:
+    lines = [f"{name}: {value}\r\n".encode() for name, value in headers]
+    if any(b"\r" in line[:-2] or b"\n" in line[:-2] for line in lines):
+        raise ValueError(f"a line break in a header for the client: {headers!r}")
+    return b"".join(lines)
 
 
 async def _relay(
