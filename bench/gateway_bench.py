@@ -46,12 +46,14 @@ class Responder(asyncio.Protocol):
 
     ``/api/stream``: two NDJSON chunks 20 ms apart (first-chunk latency); a body with
     ``"stream":true``: SSE events, one chunk each, ``gap`` apart; ``/count``: the number
-    of SSE events sent so far; anything else: a small JSON answer.
+    of SSE events sent so far; ``/probes``: when each ``GET /v1/models`` (the daemon's
+    health probe of a ``command`` engine) arrived; anything else: a small JSON answer.
     """
 
     events = 3
     gap = 0.01
     sent = 0  # SSE events written, all connections
+    probes: list[float] = []  # one list per process, on purpose
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: asyncio.Transport = transport  # type: ignore[assignment]
@@ -79,6 +81,11 @@ class Responder(asyncio.Protocol):
             self._event(self.events)
         elif b"/count" in line:
             self._reply(b"%d" % Responder.sent)
+        elif line.startswith(b"GET /v1/models"):
+            Responder.probes.append(time.time())
+            self._reply(b'{"data": []}')
+        elif b"/probes" in line:
+            self._reply(json.dumps(Responder.probes).encode())
         else:
             self._reply(CHAT if body else BODY)
 
