@@ -138,16 +138,19 @@ class Gateway:
             log.warning("gateway.queue_full", service=service, waiting=self.waiting.counts[service])
             return _with_retry(json_response(503, error_body(503, message)), eta, 5)
         patience = policy.fallback_after if may_fall_back else None
-        patience_over = asyncio.timeout(patience)
+        patience_over = asyncio.timeout(patience) if patience is not None else None
         try:
             with self.waiting.hold(service):
-                async with patience_over:
+                if patience_over is None:  # the common case: no timer to arm and disarm
                     await self.backend.ensure_ready(service)
+                else:
+                    async with patience_over:
+                        await self.backend.ensure_ready(service)
         except StartFailedError as exc:
             log.warning("gateway.start_failed", service=service, error=str(exc))
             return json_response(503, error_body(503, f"{exc} {exc.hint}".strip()))
         except TimeoutError:
-            if patience_over.expired():  # ours, not the service's startup_timeout
+            if patience_over is not None and patience_over.expired():  # not startup_timeout
                 return STILL_LOADING
             message = f"service {service} did not become ready within its startup_timeout"
             log.warning("gateway.start_timeout", service=service)

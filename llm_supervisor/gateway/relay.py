@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import time
 from typing import cast
 
@@ -40,6 +41,7 @@ HOP_BY_HOP = frozenset(
         b"proxy-connection", b"te", b"trailer", b"upgrade",
     }
 )  # fmt: skip
+_HOP_LINE = re.compile(b"\\n(?:%s):" % b"|".join(HOP_BY_HOP))
 
 
 class EngineGone(Exception):
@@ -71,7 +73,6 @@ class EngineConnection(asyncio.Protocol):
 
     def _reset(self) -> None:
         self.reason = b""
-        self.headers: list[tuple[bytes, bytes]] = []
         self.raw_head = b""  # the answer's status line and headers as the engine sent them
         self.length: int | None = None  # its Content-Length
         self.framed = False  # it has a Content-Length or a Transfer-Encoding
@@ -134,12 +135,11 @@ class EngineConnection(asyncio.Protocol):
         """The head for the client: the engine's headers as they came (minus hop-by-hop
         ones), ``extra`` header lines, and ``Connection: close`` when the client's
         connection ends with this answer."""
+        block = self.raw_head[self.raw_head.index(b"\r\n") + 2 : -2]
         if self.hop:
-            block = b"".join(
-                [b"%s: %s\r\n" % h for h in self.headers if h[0].lower() not in HOP_BY_HOP]
-            )
-        else:
-            block = self.raw_head[self.raw_head.index(b"\r\n") + 2 : -2]
+            lines = block.split(b"\r\n")[:-1]
+            kept = [line for line in lines if line.split(b":", 1)[0].lower() not in HOP_BY_HOP]
+            block = b"".join(line + b"\r\n" for line in kept)
         closing = b"Connection: close\r\n" if close else b""
         return b"HTTP/1.1 %d %s\r\n%s%s%s\r\n" % (self.status, self.reason, block, extra, closing)
 
@@ -171,6 +171,7 @@ class EngineConnection(asyncio.Protocol):
             self._head = b""
             end = head.index(b"\r\n\r\n") + 4
             self.raw_head = head[:end]
+            self._read_head()
             if rest := head[end:]:
                 self._body(rest)
         elif len(self._head) + len(data) > HEAD_LIMIT:
@@ -209,20 +210,6 @@ class EngineConnection(asyncio.Protocol):
 
     # httptools callbacks
 
-    def on_status(self, reason: bytes) -> None:
-        self.reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
-        lower = name.lower()
-        if lower == b"content-length":
-            self.length = int(value)  # llhttp accepts digits only
-            self.framed = True
-        elif lower == b"transfer-encoding":
-            self.framed = True
-        elif lower in HOP_BY_HOP:
-            self.hop = True
-
     def on_headers_complete(self) -> None:
         self.head_done = True
         # Asked now: once the message is complete llhttp has reset what it knew.
@@ -230,6 +217,19 @@ class EngineConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.complete = True
+
+    def _read_head(self) -> None:
+        """What the relay needs from the head, found in its bytes: llhttp has checked their
+        syntax, and a callback per header would cost more than these searches."""
+        head = self.raw_head
+        status_line = head[: head.index(b"\r\n")].split(b" ", 2)
+        self.reason = status_line[2] if len(status_line) > 2 else b""
+        lower = head.lower()
+        self.hop = _HOP_LINE.search(lower) is not None
+        at = lower.find(b"\ncontent-length:")
+        if at >= 0:
+            self.length = int(lower[at + 16 : lower.index(b"\r", at + 16)])  # digits: llhttp
+        self.framed = at >= 0 or b"\ntransfer-encoding:" in lower
 
     def _fail(self, error: Exception) -> None:
         self.error = error

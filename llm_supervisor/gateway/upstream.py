@@ -263,6 +263,8 @@ async def _pass_on(
 
 
 def _header_lines(headers: list[tuple[str, str]]) -> bytes:
+    if not headers:
+        return b""
     lines = [f"{name}: {value}\r\n".encode() for name, value in headers]
     if any(b"\r" in line[:-2] or b"\n" in line[:-2] for line in lines):
         raise ValueError(f"a line break in a header for the client: {headers!r}")
