@@ -51,7 +51,7 @@ async def test_critical_pressure_unloads_lru_idle_unpinned() -> None:
     gateway.state.model_last_request.update({"a:1": 20.0, "b:1": 10.0})
     gateway.state.models_in_flight["busy:1"] = 1
     event = PressureEvent(1, "GPU-x", "warning", "critical", int(77 * GIB), 80 * GIB)
-    unloaded = await relieve(gateway, config, event)
+    unloaded = await relieve(gateway.state, gateway.client, config, event)
     # 77 GiB used, warning at 64 GiB: 13 GiB to free; only a and b are idle and unpinned.
     assert unloaded == ["b:1", "a:1"]
     assert client.posts == [

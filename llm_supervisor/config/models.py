@@ -19,6 +19,7 @@ from .fieldtypes import GpuField as GpuField
 from .fieldtypes import LocatedValueError as LocatedValueError
 from .fieldtypes import ServiceName as ServiceName
 from .fieldtypes import parse_size as parse_size
+from .modelnames import same_model
 
 
 class Strict(BaseModel):
@@ -198,6 +199,10 @@ class Policy(Strict):
         default=True,
         description="Admission may stop idle, non-pinned services on a full GPU to start another.",
     )
+
+    def is_pinned(self, model: str) -> bool:
+        """The one answer to "is this model pinned?" (names compared as Ollama does)."""
+        return any(same_model(model, pin) for pin in self.pin)
 
 
 class ServiceConfig(Strict):

@@ -143,7 +143,9 @@ class Daemon:
         self.backend = DaemonBackend(self)
         if self.options.gateway is not None:
             gateway = self.gateway = Gateway(self.backend)
-            self.placement.on_critical = lambda event: relieve(gateway, self.manager.config, event)
+            self.placement.on_critical = lambda event: relieve(
+                gateway.state, gateway.client, self.manager.config, event
+            )
         busy = self._busy
         self.placement.busy = busy
         self.reloader = Reloader(

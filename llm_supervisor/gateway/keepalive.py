@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import cast
 
+from ..config.modelnames import canonical_model_name
 from ..config.models import Policy
 from ..durations import FOREVER, format_duration, to_ollama_keep_alive
 
@@ -111,20 +112,15 @@ def parse_ollama_keep_alive(value: object) -> float | None:
     raise KeepAliveParseError(f"Unsupported type: '{kind}'")
 
 
-def canonical_model(name: str) -> str:
-    """Ollama treats ``llama3.2`` and ``llama3.2:latest`` as one model."""
-    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
-
-
 def model_matches(model: str, pattern: str) -> bool:
-    names = {model, canonical_model(model)}
-    patterns = {pattern, canonical_model(pattern)} if "*" not in pattern else {pattern}
+    names = {model, canonical_model_name(model)}
+    patterns = {pattern, canonical_model_name(pattern)} if "*" not in pattern else {pattern}
     return any(fnmatch.fnmatchcase(n, p) for n in names for p in patterns)
 
 
 def rule_for(model: str, policy: Policy) -> tuple[str, float]:
     """The rule that decides a model's keep_alive: (rule label, seconds)."""
-    if any(model_matches(model, pin) for pin in policy.pin):
+    if policy.is_pinned(model):
         return "pin", FOREVER
     for rule in policy.keep_alive.rules:
         if model_matches(model, rule.match):

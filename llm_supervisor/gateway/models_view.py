@@ -8,11 +8,12 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from ..config.modelnames import canonical_model_name
 from ..config.models import Config
 from ..durations import format_duration
 from .backend import GatewayBackend
 from .idle import idle_deadline, service_keep_alive
-from .keepalive import canonical_model, rule_for
+from .keepalive import rule_for
 from .stats import GatewayStats
 
 Clock = Callable[[], float]
@@ -52,22 +53,22 @@ class PolicyState:
         self.in_flight[service] += 1
         self.idle_stopped.discard(service)
         if model:
-            self.models_in_flight[canonical_model(model)] += 1
+            self.models_in_flight[canonical_model_name(model)] += 1
 
     def request_ended(self, service: str, model: str | None = None) -> None:
         self._touch(service, model)
         self.in_flight[service] -= 1
         if model:
-            self.models_in_flight[canonical_model(model)] -= 1
+            self.models_in_flight[canonical_model_name(model)] -= 1
 
     def note_model(self, model: str) -> None:
-        self.model_last_request[canonical_model(model)] = self.clock()
+        self.model_last_request[canonical_model_name(model)] = self.clock()
 
     def _touch(self, service: str, model: str | None) -> None:
         now = self.clock()
         self.last_request[service] = now
         if model:
-            self.model_last_request[canonical_model(model)] = now
+            self.model_last_request[canonical_model_name(model)] = now
 
     def busy_services(self) -> frozenset[str]:
         return frozenset(s for s, n in self.in_flight.items() if n > 0)
@@ -102,8 +103,9 @@ class PolicyState:
         for name, svc in config.services.items():
             if svc.spec.engine != "ollama":
                 continue
-            loaded = {canonical_model(str(m.get("name", ""))): m for m in self.ps.get(name) or ()}
-            names = dict.fromkeys([*map(canonical_model, svc.spec.models), *loaded])
+            listed = self.ps.get(name) or ()
+            loaded = {canonical_model_name(str(m.get("name", ""))): m for m in listed}
+            names = dict.fromkeys([*map(canonical_model_name, svc.spec.models), *loaded])
             for model in names:
                 rows.append(self._ollama_row(name, model, loaded.get(model), config))
         return rows

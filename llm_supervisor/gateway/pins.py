@@ -17,11 +17,12 @@ from typing import Any
 
 import aiohttp
 
+from ..config.modelnames import canonical_model_name
 from ..config.models import Config, Policy
 from ..durations import format_duration, to_ollama_keep_alive
 from ..logsetup import get_logger
 from .backend import Upstream
-from .keepalive import canonical_model, model_matches, rule_for
+from .keepalive import rule_for
 from .models_view import PolicyState, parse_expires_at
 from .routing import ollama_listing, ollama_services
 from .upstream import UpstreamClient
@@ -58,10 +59,10 @@ def reconcile(
     finite keep_alive is owed from then, so an earlier expiry means someone shortened it.
     """
     last = last_request or {}
-    loaded = {canonical_model(str(m.get("name") or m.get("model"))): m for m in ps_models}
+    loaded = {canonical_model_name(str(m.get("name") or m.get("model"))): m for m in ps_models}
     actions = []
     for pin in policy.pin if pins is None else pins:
-        if canonical_model(pin) not in loaded:
+        if canonical_model_name(pin) not in loaded:
             actions.append(PinAction(pin, -1, "pin", "pinned but not loaded"))
     if policy.keep_alive.mode == "observe":
         return actions
@@ -178,7 +179,3 @@ class PinReconciler:
         while True:
             await self.reconcile_once()
             await asyncio.sleep(self.interval)
-
-
-def pinned(model: str, policy: Policy) -> bool:
-    return any(model_matches(model, p) for p in policy.pin)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..config.modelnames import canonical_model_name
 from ..config.models import Config, ServiceConfig
 from .backend import Upstream
-from .keepalive import canonical_model
 
 OPENAI_ENGINES = ("vllm", "command")
 
@@ -33,13 +33,13 @@ class Routes:
             if svc.spec.engine == "ollama":
                 self.ollama += (up,)
                 for name in svc.spec.models:
-                    self._listing.setdefault(canonical_model(name), up)
+                    self._listing.setdefault(canonical_model_name(name), up)
             elif svc.spec.engine in OPENAI_ENGINES and svc.spec.public_name:
                 self._openai.setdefault(svc.spec.public_name, up)
 
     def ollama_listing(self, model: str) -> Upstream | None:
         """The Ollama service whose ``models`` lists the model (``:latest`` implied)."""
-        return self._listing.get(canonical_model(model))
+        return self._listing.get(canonical_model_name(model))
 
     def ollama_for(self, model: str | None) -> Upstream | None:
         """Native /api/* routes: the service listing the model, else the first Ollama one."""
