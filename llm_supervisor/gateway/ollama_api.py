@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from ..config.models import Policy
 from ..logsetup import get_logger
+from .context import GatewayContext
 from .keepalive import Decision, KeepAliveParseError, focus_allows, resolve_keep_alive
 from .routing import ollama_for, ollama_services
 from .upstream import json_response, ollama_error
-
-if TYPE_CHECKING:
-    from .app import Gateway
 
 log = get_logger(__name__)
 
@@ -29,7 +27,7 @@ class Refusal(Exception):
         self.payload = payload
 
 
-async def handle(gw: Gateway, request: web.BaseRequest) -> web.StreamResponse:
+async def handle(gw: GatewayContext, request: web.BaseRequest) -> web.StreamResponse:
     path, config = request.path, gw.backend.config()
     if path.startswith("/api/blobs/"):  # model uploads: stream, never buffer gigabytes
         up = ollama_for(config, None)
@@ -71,7 +69,7 @@ def _json_object(body: bytes) -> dict[str, Any] | None:
 
 
 def _apply_policy(
-    gw: Gateway, client: str, payload: dict[str, Any], model: str, policy: Policy
+    gw: GatewayContext, client: str, payload: dict[str, Any], model: str, policy: Policy
 ) -> bool:
     """Focus, keep_alive and forced options; True if the payload changed."""
     if not focus_allows(model, policy):
@@ -98,7 +96,7 @@ def focus_error(model: str, policy: Policy) -> dict[str, Any]:
     }
 
 
-def _record_keep_alive(gw: Gateway, client: str, model: str, decision: Decision) -> bool:
+def _record_keep_alive(gw: GatewayContext, client: str, model: str, decision: Decision) -> bool:
     fields = {
         "client": client,
         "model": model,
@@ -118,7 +116,7 @@ def _record_keep_alive(gw: Gateway, client: str, model: str, decision: Decision)
     return False
 
 
-def _force_options(gw: Gateway, payload: dict[str, Any], model: str, policy: Policy) -> bool:
+def _force_options(gw: GatewayContext, payload: dict[str, Any], model: str, policy: Policy) -> bool:
     """Load-time options (num_ctx …) must match the pins', or Ollama reloads the model."""
     if not policy.ollama_options:
         return False
@@ -133,7 +131,7 @@ def _force_options(gw: Gateway, payload: dict[str, Any], model: str, policy: Pol
     return True
 
 
-async def _merged(gw: Gateway, path: str) -> web.Response:
+async def _merged(gw: GatewayContext, path: str) -> web.Response:
     """/api/tags and /api/ps across several Ollama services (unreachable ones are skipped)."""
     models: list[Any] = []
     reached = 0

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 from ..logsetup import get_logger
+from .context import GatewayContext
 from .keepalive import focus_allows
 from .routing import openai_model_list, openai_route
 from .upstream import json_response, openai_error
-
-if TYPE_CHECKING:
-    from .app import Gateway
 
 log = get_logger(__name__)
 
@@ -30,7 +28,7 @@ def not_found(model: str) -> dict[str, Any]:
     )
 
 
-async def handle(gw: Gateway, request: web.BaseRequest) -> web.StreamResponse:
+async def handle(gw: GatewayContext, request: web.BaseRequest) -> web.StreamResponse:
     path, config = request.path, gw.backend.config()
     if request.method == "GET" and path.rstrip("/") == "/v1/models":
         return json_response(200, openai_model_list(config, gw.started_at))
