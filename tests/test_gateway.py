@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Generator
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +24,7 @@ from structlog.testing import capture_logs
 from llm_supervisor.config.models import Config
 from llm_supervisor.errors import StartFailedError
 from llm_supervisor.gateway.app import Gateway
+from llm_supervisor.service.usage import Usage
 from tests.daemon_harness import free_port
 from tests.fakes.fake_ollama import FakeOllama, ManualClock
 from tests.fakes.fake_openai import FakeOpenAI
@@ -53,12 +56,16 @@ async def serving(app: Any) -> AsyncIterator[int]:
 
 @dataclass
 class StubBackend:
-    """Records what the gateway asks; 'starting' a service just takes start_delay."""
+    """Records what the gateway asks; 'starting' a service just takes start_delay. Use is
+    kept the way a Service keeps it (leases, last use on ``clock``), minus the processes."""
 
     cfg: Config
+    clock: Callable[[], float] = time.time
     start_delay: float = 0.0
     calls: list[tuple[str, str]] = field(default_factory=list)
     running: set[str] = field(default_factory=set)
+    in_flight: Counter[str] = field(default_factory=Counter)
+    last_used: dict[str, float] = field(default_factory=dict)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     def config(self) -> Config:
@@ -71,12 +78,35 @@ class StubBackend:
                 await asyncio.sleep(self.start_delay)
                 self.running.add(service)
 
-    async def stop_idle(self, service: str) -> None:
+    @contextlib.contextmanager
+    def lease(self, service: str) -> Iterator[None]:
+        self.in_flight[service] += 1
+        self.last_used[service] = self.clock()
+        try:
+            yield
+        finally:
+            self.in_flight[service] -= 1
+            self.last_used[service] = self.clock()
+
+    async def stop_if_idle(self, service: str, idle_for: float) -> bool:
+        last = self.last_used.get(service)
+        if service not in self.running or self.in_flight[service] or last is None:
+            return False
+        if self.clock() - last < idle_for:
+            return False
         self.calls.append(("stop_idle", service))
         self.running.discard(service)
+        return True
 
-    def note_request(self, service: str) -> None:
-        pass
+    def usage(self, service: str) -> Usage:
+        running = service in self.running
+        idle = running and not self.in_flight[service]
+        return Usage(
+            in_flight=self.in_flight[service],
+            last_request=self.last_used.get(service),
+            idle_since=self.last_used.get(service) if idle else None,
+            stopped_idle=not running and ("stop_idle", service) in self.calls,
+        )
 
 
 @dataclass
@@ -138,7 +168,7 @@ async def rig_factory() -> AsyncIterator[RigFactory]:
         vllm = FakeOpenAI("qwen3-8b", chunk_delay=chunk_delay)
         ollama_port = await stack.enter_async_context(serving(fake.app))
         vllm_port = await stack.enter_async_context(serving(vllm.app))
-        backend = StubBackend(make_config(ollama_port, vllm_port, **policy))
+        backend = StubBackend(make_config(ollama_port, vllm_port, **policy), clock=clock.now)
         gw = Gateway(backend, clock=clock.now)
         ready = asyncio.Event()
         task = asyncio.create_task(gw.serve("127.0.0.1", 0, ready, loops=False))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from llm_supervisor.config.models import Config, ServiceConfig, ServiceSpec
@@ -19,9 +20,15 @@ class Backend:
     def config(self) -> Config:
         return self._config
 
+    def lease(self, service: str) -> Any:
+        return contextlib.nullcontext()
+
     async def ensure_ready(self, service: str) -> None: ...
-    async def stop_idle(self, service: str) -> None: ...
-    def note_request(self, service: str) -> None: ...
+    async def stop_if_idle(self, service: str, idle_for: float) -> bool:
+        return False
+
+    def usage(self, service: str) -> None:
+        return None
 
 
 class RecordingClient:

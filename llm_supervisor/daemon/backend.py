@@ -7,11 +7,14 @@ state is read here to decide whether to start or stop anything.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from ..config.models import Config
 from ..process.output import LogLine
+from ..service.usage import Usage
 from .status import build_status
 
 if TYPE_CHECKING:
@@ -70,8 +73,14 @@ class DaemonBackend:
         timeout = svc.config.spec.health.startup_timeout or svc.engine.startup_timeout
         await svc.ensure_ready(timeout)
 
-    async def stop_idle(self, service: str) -> None:
-        await self.manager.get(service).stop("idle")
+    def lease(self, service: str) -> AbstractContextManager[object]:
+        svc = self.manager.services.get(service)
+        # A service a reload just removed: the request goes on to its error, nothing to hold.
+        return svc.lease() if svc is not None else contextlib.nullcontext()
 
-    def note_request(self, service: str) -> None:
-        self.manager.note_request(service)
+    async def stop_if_idle(self, service: str, idle_for: float) -> bool:
+        return await self.manager.get(service).stop_if_idle(idle_for)
+
+    def usage(self, service: str) -> Usage | None:
+        svc = self.manager.services.get(service)
+        return svc.usage() if svc is not None else None

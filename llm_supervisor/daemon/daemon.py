@@ -22,7 +22,8 @@ from ..gateway.app import Gateway
 from ..gateway.relief import relieve
 from ..gpu.fake import make_backend
 from ..gpu.nvml import GpuMonitor
-from ..gpu.placement import Placement
+from ..gpu.placement import Placement, PlacementHooks
+from ..gpu.pressure import PressureEvent
 from ..logsetup import get_logger
 from ..process.registry import GroupRegistry
 from ..process.tree import find_marked, kill_refs, killpg
@@ -59,7 +60,7 @@ class Daemon:
     def __init__(self, options: DaemonOptions) -> None:
         self.options = options
         self.notifier = SystemdNotifier()
-        self.placement = Placement(GpuMonitor(make_backend()))
+        self.placement = Placement(GpuMonitor(make_backend()), self._placement_hooks())
         self.registry = GroupRegistry(options.state_dir)
         self.started_at = time.time()
         self.started_monotonic = time.monotonic()
@@ -139,24 +140,30 @@ class Daemon:
                 "wait_released": self.placement.wait_released,
             },
         )
-        self.placement.manager = self.manager
         self.backend = DaemonBackend(self)
         if self.options.gateway is not None:
-            gateway = self.gateway = Gateway(self.backend)
-            self.placement.on_critical = lambda event: relieve(
-                gateway.state, gateway.client, self.manager.config, event
-            )
-        busy = self._busy
-        self.placement.busy = busy
+            self.gateway = Gateway(self.backend)
         self.reloader = Reloader(
-            self.options.config_dir, self.manager, self.load, busy=busy,
+            self.options.config_dir, self.manager, self.load,
             on_reloading=self.notifier.reloading,
             on_done=lambda record: self.notifier.ready(),
         )  # fmt: skip
         self.manager.listeners.append(lambda *_: self.notifier.status(summary_line(self)))
 
-    def _busy(self, name: str) -> bool:
-        return self.gateway is not None and name in self.gateway.state.busy_services()
+    def _placement_hooks(self) -> PlacementHooks:
+        """Placement exists before the config (it validates GPU references), the services
+        after it: the hooks ask for them at each use."""
+
+        async def relieve_pressure(event: PressureEvent) -> None:
+            if self.gateway is not None:
+                state, client = self.gateway.state, self.gateway.client
+                await relieve(state, client, self.manager.config, event)
+
+        return PlacementHooks(
+            services=lambda: self.manager.services,
+            policy=lambda: self.manager.config.policy,
+            on_critical=relieve_pressure,
+        )
 
     async def _start(self, group: asyncio.TaskGroup) -> None:
         """Control socket and gateway first, then boot services, then READY=1."""

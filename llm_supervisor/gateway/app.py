@@ -53,7 +53,7 @@ class Gateway:
         self.state = PolicyState(backend, self.stats, clock)
         self.client = UpstreamClient()
         self.pins = PinReconciler(self.state, self.client, pin_interval)
-        self.idle = IdleWatcher(self.state, idle_interval)
+        self.idle = IdleWatcher(backend, idle_interval)
         self.started_at = int(clock())
         self.port: int | None = None  # the bound port once serving (useful with port 0)
 
@@ -92,19 +92,34 @@ class Gateway:
         ensure: bool = True,
     ) -> web.StreamResponse:
         """Start the service if needed (the request waits), then forward and stream back."""
-        if ensure:
-            try:
-                await self.backend.ensure_ready(up.service)
-            except StartFailedError as exc:
-                log.warning("gateway.start_failed", service=up.service, error=str(exc))
-                return json_response(503, error_body(503, f"{exc} {exc.hint}".strip()))
-            except TimeoutError:
-                message = f"service {up.service} did not become ready within its startup_timeout"
-                log.warning("gateway.start_timeout", service=up.service)
-                return json_response(504, error_body(504, message))
-        self.backend.note_request(up.service)
-        self.stats.requests[(up.service, api)] += 1
-        self.state.request_started(up.service, model)
+        # The lease first: from now on the service is in use, so an idle stop or an eviction
+        # that has not decided yet leaves it running (and one that has is waited out).
+        with self.backend.lease(up.service):
+            if ensure:
+                try:
+                    await self.backend.ensure_ready(up.service)
+                except StartFailedError as exc:
+                    log.warning("gateway.start_failed", service=up.service, error=str(exc))
+                    return json_response(503, error_body(503, f"{exc} {exc.hint}".strip()))
+                except TimeoutError:
+                    message = (
+                        f"service {up.service} did not become ready within its startup_timeout"
+                    )
+                    log.warning("gateway.start_timeout", service=up.service)
+                    return json_response(504, error_body(504, message))
+            self.stats.requests[(up.service, api)] += 1
+            return await self._forward(up, request, body, error_body, model)
+
+    async def _forward(
+        self,
+        up: Upstream,
+        request: web.BaseRequest,
+        body: bytes | AsyncIterator[bytes] | None,
+        error_body: ErrorBody,
+        model: str | None,
+    ) -> web.StreamResponse:
+        if model:
+            self.state.request_started(model)
         try:
             return await self.client.forward(up, request, body)
         except UpstreamUnavailable as exc:
@@ -123,7 +138,8 @@ class Gateway:
                 log.info("gateway.client_disconnect", service=up.service, model=model)
             raise
         finally:
-            self.state.request_ended(up.service, model)
+            if model:
+                self.state.request_ended(model)
 
     async def run_loops(self) -> None:
         """The pin reconciler and the idle watcher; runs until cancelled."""

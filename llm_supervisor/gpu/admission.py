@@ -21,7 +21,8 @@ from .snapshot import GpuDevice, GpuSnapshot, fmt_mib
 class EvictionCandidate:
     """A service placed on the device (pass every one of them, busy ones too).
 
-    ``idle_since``: monotonic time of its last request, None while it is busy or starting.
+    ``idle_since``: when it was last used (only the order counts), None while in use or not
+    running.
     ``vram_bytes``: memory it holds on this GPU (attributed by NVML, else its budget);
     None when unknown. ``pids``: its whole process tree, to name holders in messages.
     """

@@ -56,7 +56,6 @@ class Reloader:
         manager: Manager,
         load: Callable[[], Config],
         *,
-        busy: Callable[[str], bool] = lambda name: False,
         drain_timeout: float = 30.0,
         on_reloading: Callable[[], object] = lambda: None,
         on_done: Callable[[ReloadRecord], object] = lambda record: None,
@@ -64,7 +63,6 @@ class Reloader:
         self.config_dir = config_dir
         self.manager = manager
         self.load = load
-        self.busy = busy
         self.drain_timeout = drain_timeout
         self.on_reloading = on_reloading
         self.on_done = on_done
@@ -239,9 +237,7 @@ class Reloader:
 
     async def _drain(self, name: str) -> None:
         """Let in-flight gateway requests of a removed service finish, within a bound."""
-        deadline = time.monotonic() + self.drain_timeout
-        while self.busy(name) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await self.manager.get(name).drained(self.drain_timeout)
 
     # -- last known good ---------------------------------------------------------------
 
@@ -251,7 +247,7 @@ class Reloader:
         if task is not None:
             task.cancel()
         if self._rolled_back.pop(name, None) is not None and name in self.manager.services:
-            self.manager.services[name].degraded = None
+            self.manager.services[name].clear_degraded()
 
     def _watch_for_rollback(self, name: str, previous: ServiceConfig) -> None:
         task = asyncio.create_task(self._rollback_if_fatal(name, previous))
@@ -279,8 +275,7 @@ class Reloader:
         # Routing (port, served name) must describe what runs again, not the failed edit.
         services = {**self.manager.config.services, name: previous}
         self.manager.config = self.manager.config.model_copy(update={"services": services})
-        service.degraded = f"rolled back: {cause} ({reason})"
-        await service.restart("rollback", config=previous)
+        await service.roll_back(previous, f"{cause} ({reason})")
 
     async def close(self) -> None:
         if self._trailing is not None:

@@ -46,17 +46,17 @@ class Manager:
     # -- building ----------------------------------------------------------------------
 
     def _deps(self) -> ServiceDeps:
-        deps = ServiceDeps(
+        wiring: dict[str, Any] = {
+            "policy": lambda: self.config.policy,
+            "start_gate": self.gate.starting,
+            "listeners": self.listeners,
+        }
+        return ServiceDeps(
             http=self.http,
             registry=self.registry,
             log_dir=self.log_dir,
-            policy=lambda: self.config.policy,
-            start_gate=self.gate.starting,
-            listeners=self.listeners,
+            **(wiring | self._deps_overrides),
         )
-        for key, value in self._deps_overrides.items():
-            setattr(deps, key, value)
-        return deps
 
     def _add(self, svc: ServiceConfig) -> Service:
         service = Service(svc, self._deps())
@@ -109,12 +109,7 @@ class Manager:
         """Release the probe connections (after shutdown)."""
         await self.http.close()
 
-    # -- requests from the gateway and the control API -----------------------------------
-
-    def note_request(self, name: str) -> None:
-        service = self.services.get(name)
-        if service is not None:
-            service.last_request = service.deps.clock()
+    # -- requests from the control API ---------------------------------------------------
 
     def log_tail(self, name: str, lines: int, since: float | None) -> list[LogLine]:
         return self.get(name).ring.tail(lines, since)

@@ -1,8 +1,10 @@
 """Service: one engine process, its state machine, health checks and restart policy.
 
-A single writer: only the Service changes its own state, always through ``_set_state``.
-Lifecycle requests (start, stop, restart) are serialized by one lock; callers ask for an
-outcome (``ensure_ready``) instead of reading the state to decide what to do.
+A single writer: only the Service changes its own state, always through ``_set_state``, and
+every other field it reports (last use, requests in flight, degraded) through its own methods.
+Lifecycle requests (start, stop, restart, stop_if_idle) are serialized by one lock; callers
+ask for an outcome (``ensure_ready``, ``stop_if_idle``) instead of reading the state to
+decide what to do.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import asyncio
 import contextlib
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +29,7 @@ from .backoff import decide_restart
 from .deps import ServiceDeps
 from .progress import Progress, ProgressTracker
 from .states import ALLOWED, InvalidTransition, State
+from .usage import Usage
 
 log = get_logger(__name__)
 JITTER = 0.2
@@ -56,7 +59,7 @@ class Service:
         self.last_failure: Failure | None = None
         self.last_exit_at: float | None = None
         self.ready_since: float | None = None
-        self.last_request: float | None = None
+        self.last_request: float | None = None  # on deps.clock; see lease()
         self.health_latency: float | None = None
         self.health_failures = 0
         self.degraded: str | None = None
@@ -67,6 +70,9 @@ class Service:
         self._failure_times: list[float] = []
         self._run_started = 0.0
         self._lifecycle = asyncio.Lock()
+        self._leases = 0
+        self._unused = asyncio.Event()
+        self._unused.set()
         self._changed = asyncio.Event()
         self._sink = self._open_sink()
         self.ring.listeners.append(self._on_output)
@@ -83,6 +89,59 @@ class Service:
     def tree_pids(self) -> list[int]:
         return self._child.tree_pids() if self._child is not None else []
 
+    # -- use: requests in flight and the last one ----------------------------------------
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[None]:
+        """Held by each request from its arrival to its end (waiting for a start included):
+        a service in use is neither stopped for idleness nor evicted. Both ends count as use."""
+        self._leases += 1
+        self._unused.clear()
+        self.last_request = self.deps.clock()
+        try:
+            yield
+        finally:
+            self._leases -= 1
+            self.last_request = self.deps.clock()
+            if not self._leases:
+                self._unused.set()
+
+    async def drained(self, timeout: float) -> bool:
+        """Wait (bounded) until no request is in flight; True if none is."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._unused.wait(), timeout)
+        return not self._leases
+
+    def _idle_since(self) -> float | None:
+        """When it was last used, if it runs and nothing is in flight; a service that was
+        never asked for anything counts from when it became ready."""
+        if self._leases or self.state not in (State.READY, State.BACKOFF):
+            return None
+        return self.last_request if self.last_request is not None else self.ready_since
+
+    async def stop_if_idle(self, idle_for: float = 0.0, reason: str = "idle") -> bool:
+        """Stop if unused for ``idle_for`` seconds; True if it stopped. Decided under the
+        lifecycle lock: a request that arrived meanwhile holds a lease and wins."""
+        async with self._lifecycle:
+            since = self._idle_since()
+            if since is None or self.deps.clock() - since < idle_for:
+                return False
+            await self._stop_locked(reason)
+            return True
+
+    def usage(self) -> Usage:
+        since = self._idle_since()
+        return Usage(
+            in_flight=self._leases,
+            last_request=self._wall(self.last_request),
+            idle_since=self._wall(since),
+            stopped_idle=self.state is State.STOPPED and self.reason == "idle",
+        )
+
+    def _wall(self, at: float | None) -> float | None:
+        """A time on deps.clock as Unix time, for people and status documents."""
+        return None if at is None else self.deps.wall_clock() - (self.deps.clock() - at)
+
     # -- the one place state changes ---------------------------------------------------
 
     def _set_state(self, new: State, reason: str = "") -> None:
@@ -97,7 +156,7 @@ class Service:
         self._changed.set()
         self._changed = asyncio.Event()
         for listener in self.deps.listeners:
-            listener(self, old, new, reason)
+            listener(self.name, old, new, reason)
 
     async def _wait_for(self, accept: Callable[[State], bool]) -> State:
         while not accept(self.state):
@@ -136,6 +195,15 @@ class Service:
     async def stop(self, reason: str = "requested") -> None:
         async with self._lifecycle:
             await self._stop_locked(reason)
+
+    async def roll_back(self, config: ServiceConfig, why: str) -> None:
+        """Restart on the last known good spec; status says so until cleared."""
+        self.degraded = f"rolled back: {why}"
+        await self.restart("rollback", config=config)
+
+    def clear_degraded(self) -> None:
+        """A new edit (or the operator) has taken over from the rollback."""
+        self.degraded = None
 
     async def restart(
         self,
@@ -227,7 +295,7 @@ class Service:
             self._set_state(State.STARTING, "restart")
         self._progress = ProgressTracker(self.config.spec.engine, self.deps.clock)
         try:
-            async with self.deps.start_gate(self):
+            async with self.deps.start_gate(self.config):
                 child = await self._spawn()
                 failure = await self._await_ready(child)
         except StartFailedError as exc:
@@ -390,7 +458,7 @@ class Service:
         if self._child is child:
             self._child = None
         if self.deps.wait_released is not None:
-            await self.deps.wait_released(self, gone)
+            await self.deps.wait_released(self.config, gone)
 
     def _open_sink(self) -> RotatingFile | None:
         if self.deps.log_dir is None:
@@ -435,7 +503,8 @@ class Service:
             "restarts_by_reason": dict(self.restarts),
             "uptime": self._ready_for() if self.state is State.READY else None,
             "last_exit": last_exit,
-            "last_request": self.last_request,
+            "last_request": self._wall(self.last_request),
+            "in_flight": self._leases,
             "degraded": self.degraded,
             "health": {"last_latency": self.health_latency, "failures": self.health_failures},
             "progress": self._progress_json(),

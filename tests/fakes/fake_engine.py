@@ -3,8 +3,9 @@
 
 Speaks enough of vLLM (``/health``, ``/v1/models``, ``/v1/chat/completions``) or Ollama
 (``/api/version``) for readiness and liveness, and misbehaves on request: slow start, failing
-or hanging health, ignoring SIGTERM, exiting after a while, spawning grandchildren (also in
-their own session), flooding output, printing giant lines or vLLM-like loading phases.
+or hanging health, slow replies, ignoring SIGTERM, exiting after a while, spawning
+grandchildren (also in their own session), flooding output, printing giant lines or vLLM-like
+loading phases.
 Unknown flags are accepted, as a real engine's argv carries many.
 """
 
@@ -48,6 +49,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--max-position-embeddings", type=int, default=4096)
     p.add_argument("--fail-with", default=None, help="print this line then exit 1 at start")
+    p.add_argument("--reply-delay", type=float, default=0.0, help="answer /v1 requests after S")
     args, _unknown = p.parse_known_args()
     return args
 
@@ -160,6 +162,7 @@ def serve(args: argparse.Namespace, name: str, started: float) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = json.loads(self.rfile.read(length) or b"{}")
             if self.path.startswith("/v1/"):
+                time.sleep(args.reply_delay)  # a request that takes a while: still in flight
                 text = "fake reply"
                 self._send(
                     200,
