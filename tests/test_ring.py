@@ -14,7 +14,7 @@ async def test_output_follow_closed_before_its_first_read_unsubscribes() -> None
     """`logs -f` whose client leaves before the first line: nothing stays subscribed."""
     ring = OutputRing()
     follow = ring.follow()
-    await follow.aclose()  # type: ignore[attr-defined]
+    await follow.aclose()
     ring.append(LogLine(1.0, "out", "after the client left"))
     assert ring.subscriber_count() == 0
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ..logsetup import get_logger
+from ..ring import Ring
 
 log = get_logger(__name__)
 
@@ -73,39 +73,21 @@ class RotatingFile:
         self._size = 0
 
 
-class OutputRing:
-    """The last lines of a service's output, shared by every run of the service."""
+class OutputRing(Ring[LogLine]):
+    """The last lines of a service's output, shared by every run of the service.
+    ``on_line`` sees each line as it comes (the Service reads load progress from it)."""
 
-    def __init__(self, maxlen: int = 2000) -> None:
-        self._lines: deque[LogLine] = deque(maxlen=maxlen)
-        self._subscribers: set[asyncio.Queue[LogLine]] = set()
-        self.listeners: list[Callable[[LogLine], None]] = []
-
-    def append(self, line: LogLine) -> None:
-        self._lines.append(line)
-        for listener in self.listeners:
-            listener(line)
-        for queue in self._subscribers:
-            if queue.qsize() < 10_000:  # a stalled follower loses lines, never memory
-                queue.put_nowait(line)
+    def __init__(
+        self,
+        maxlen: int = 2000,
+        follower_queue: int = 10_000,
+        on_line: Callable[[LogLine], None] | None = None,
+    ) -> None:
+        super().__init__(maxlen, follower_queue, on_line)
 
     def tail(self, lines: int | None = None, since: float | None = None) -> list[LogLine]:
-        selected = [ln for ln in self._lines if since is None or ln.ts >= since]
+        selected = [ln for ln in self.items() if since is None or ln.ts >= since]
         return selected[-lines:] if lines else selected
-
-    def follow(self) -> AsyncIterator[LogLine]:
-        """New lines from now on. Subscribes at the call, so no line slips in between."""
-        queue: asyncio.Queue[LogLine] = asyncio.Queue()
-        self._subscribers.add(queue)
-
-        async def lines() -> AsyncIterator[LogLine]:
-            try:
-                while True:
-                    yield await queue.get()
-            finally:
-                self._subscribers.discard(queue)
-
-        return lines()
 
 
 async def pump(

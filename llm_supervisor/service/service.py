@@ -52,7 +52,7 @@ class Service:
         self.config = config
         self.deps = deps
         self.engine = engine_for(config.spec.engine)
-        self.ring = OutputRing()
+        self.ring = OutputRing(on_line=self._on_output)
         self.state = State.STOPPED
         self.reason = ""
         self.restarts: Counter[str] = Counter()
@@ -75,7 +75,6 @@ class Service:
         self._unused.set()
         self._changed = asyncio.Event()
         self._sink = self._open_sink()
-        self.ring.listeners.append(self._on_output)
 
     @property
     def name(self) -> str:
