@@ -176,15 +176,3 @@ class Gateway:
 
 def _expects_continue(request: web.BaseRequest) -> bool:
     return request.headers.get("Expect", "").lower() == "100-continue"
-
-
-async def serve_gateway(
-    backend: GatewayBackend,
-    host: str,
-    port: int,
-    *,
-    ready_event: asyncio.Event | None = None,
-    gateway: Gateway | None = None,
-) -> None:
-    """Run the gateway (server + pin and idle loops) until cancelled."""
-    await (gateway or Gateway(backend)).serve(host, port, ready_event)

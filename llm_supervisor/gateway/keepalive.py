@@ -14,7 +14,6 @@ Ollama's semantics, read in ollama/ollama:
 from __future__ import annotations
 
 import fnmatch
-import math
 from dataclasses import dataclass, replace
 from typing import cast
 
@@ -181,7 +180,3 @@ def resolve_keep_alive(model: str, client_value: object, policy: Policy) -> Deci
     if not swap:
         return replace(keep, reason=reason)
     return Decision(to_ollama_keep_alive(target), raw, rule, True, reason, target)
-
-
-def is_forever(seconds: float) -> bool:
-    return math.isinf(seconds)

@@ -1,4 +1,4 @@
-"""Manager: the set of services built from the config, and the requests made of them."""
+"""Manager: the set of services built from the config; boot, shutdown, add and remove."""
 
 from __future__ import annotations
 
