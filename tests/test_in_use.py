@@ -78,8 +78,8 @@ def when_stopping(manager: Manager, name: str) -> asyncio.Event:
 async def test_idle_stop_spares_a_service_that_got_a_request_meanwhile(
     manager_factory: Any,
 ) -> None:
-    slow_stop = fake_service("a", "--ignore-term", stop_timeout=1.0)
-    slow_reply = fake_service("b", "--reply-delay", "1.5")
+    slow_stop = fake_service("a", "--ignore-term", stop_timeout=2.0)
+    slow_reply = fake_service("b", "--reply-delay", "2.5")
     manager = manager_factory(slow_stop, slow_reply)
     # keep_alive 0: both are idle as soon as nobody uses them.
     manager.config = manager.config.model_copy(
