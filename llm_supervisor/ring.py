@@ -51,9 +51,11 @@ class Ring(Generic[T]):
     def append(self, item: T) -> None:
         with self._lock:
             self._items.append(item)
-            subscribers = list(self._subscribers)
+            subscribers = list(self._subscribers) if self._subscribers else None
         if self._on_append is not None:
             self._on_append(item)
+        if subscribers is None:
+            return  # the common case (nobody follows): a flooding engine costs little
         try:
             here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:

@@ -84,3 +84,9 @@ class DaemonBackend:
     def usage(self, service: str) -> Usage | None:
         svc = self.manager.services.get(service)
         return svc.usage() if svc is not None else None
+
+    def eta(self, service: str) -> float | None:
+        return self.manager.get(service).eta()
+
+    def states(self) -> dict[str, str]:
+        return {name: str(s.state) for name, s in self.manager.services.items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
@@ -21,6 +22,12 @@ class Upstream:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+
+# Given a fallback model, the upstream and body a request for it would use (the API handler
+# applies its own policy and routing to a copy of the request); None when that model may not
+# be used (focus, the client's key).
+Rebuild = Callable[[str], tuple[Upstream, bytes] | None]
 
 
 class GatewayBackend(Protocol):
@@ -43,6 +50,14 @@ class GatewayBackend(Protocol):
         """Stop the service if nobody used it for ``idle_for`` seconds; True if it stopped."""
         ...
 
+    def eta(self, service: str) -> float | None:
+        """Seconds until the service is ready (0 when it is; None when nothing can say)."""
+        ...
+
+    def states(self) -> dict[str, str]:
+        """Each service's state by name, for the queue a waiting client may ask about."""
+        ...
+
     def usage(self, service: str) -> Usage | None:
-        """Requests in flight and last use, for status; None for an unknown service."""
+        """Requests holding the service and its last use; None for an unknown service."""
         ...

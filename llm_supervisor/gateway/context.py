@@ -6,11 +6,11 @@ A Protocol, so that they do not import the Gateway (app.py), which imports them.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 
-from .backend import GatewayBackend, Upstream
+from .backend import GatewayBackend, Rebuild, Upstream
 from .stats import GatewayStats
 from .upstream import ErrorBody, UpstreamClient
 
@@ -25,6 +25,10 @@ class GatewayContext(Protocol):
 
     def body_stream(self, request: web.BaseRequest) -> AsyncIterator[bytes]: ...
 
+    def queue(self) -> dict[str, Any]:
+        """Where a waiting client stands, per model (``/v1/queue``, ``/api/queue``)."""
+        ...
+
     async def route(
         self,
         up: Upstream,
@@ -35,6 +39,8 @@ class GatewayContext(Protocol):
         model: str | None = None,
         api: str = "ollama",
         ensure: bool = True,
+        rebuild: Rebuild | None = None,
     ) -> web.StreamResponse:
-        """Start the service if needed (the request waits), then forward and stream back."""
+        """Start the service if needed (the request waits, or a fallback serves it), then
+        forward and stream back."""
         ...
