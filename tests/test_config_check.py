@@ -424,3 +424,12 @@ def test_subprocess_check_accepts_shipped_profiles() -> None:
     # No warnings; at most the note that this machine has no GPU telemetry.
     assert [ln for ln in result.stderr.splitlines() if not ln.startswith("note:")] == []
     assert "ok (2 services)" in result.stdout
+
+
+def test_pins_and_focus_name_models_the_way_ollama_does(tmp_path: Path) -> None:
+    """``llama3.2``, ``Llama3.2`` and ``llama3.2:latest`` are one model: no 'not offered'."""
+    profile = OLLAMA.replace("[big]", "[llama3.2:latest, big:1]")
+    policy = "pin: [Llama3.2]\nfocus: [llama3.2, 'big:1']\n"
+    write_dir(tmp_path, {"gpu1.yaml": profile, "policy.yaml": policy})
+    _, warnings = load_config(tmp_path)
+    assert [w.format() for w in warnings] == []

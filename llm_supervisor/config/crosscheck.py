@@ -8,6 +8,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from ..errors import ConfigIssue
+from .modelnames import matches_model_pattern
 from .models import Policy, ProfileFile
 from .yamlload import LoadedYaml
 
@@ -164,6 +165,12 @@ def _overcommit_message(
     )
 
 
+def _offered(name: str, models: set[str]) -> bool:
+    """Named (as Ollama names models: ``llama3.2`` is ``llama3.2:latest``) or matched by a
+    glob, as the gateway will match it."""
+    return any(matches_model_pattern(m, name) for m in models)
+
+
 def _policy_references(
     profiles: dict[str, ProfileFile], policy: Policy, source: str, docs: dict[str, LoadedYaml]
 ) -> list[ConfigIssue]:
@@ -181,17 +188,17 @@ def _policy_references(
             issues.append(_issue(docs, source, key, msg, "warning"))
     for field in ("pin", "focus", "warmup"):
         for i, name in enumerate(getattr(policy, field)):
-            if name not in models:
+            if not _offered(name, models):
                 msg = f"{name!r} is not offered by any service"
                 issues.append(_issue(docs, source, (field, i), msg, "warning"))
     for model, alternatives in policy.fallbacks.items():
         for i, name in enumerate(alternatives):
-            if name not in models:
+            if not _offered(name, models):
                 msg = f"fallback {name!r} is not offered by any service"
                 issues.append(_issue(docs, source, ("fallbacks", model, i), msg, "warning"))
     if policy.focus:
         for i, name in enumerate(policy.pin):
-            if name not in policy.focus:
+            if not any(matches_model_pattern(name, f) for f in policy.focus):
                 msg = f"pinned model {name!r} is not in focus, so requests for it are refused"
                 issues.append(_issue(docs, source, ("pin", i), msg, "warning"))
     return issues
