@@ -61,7 +61,7 @@ class Service:
         self.last_failure: Failure | None = None
         self.last_exit_at: float | None = None
         self.ready_since: float | None = None
-        self.last_request: float | None = None  # on deps.clock; see lease()
+        self._last_request: float | None = None  # on deps.clock; see lease()
         self.health_latency: float | None = None
         self.health_failures = 0
         self.degraded: str | None = None
@@ -100,12 +100,12 @@ class Service:
         a service in use is neither stopped for idleness nor evicted. Both ends count as use."""
         self._leases += 1
         self._unused.clear()
-        self.last_request = self.deps.clock()
+        self._last_request = self.deps.clock()
         try:
             yield
         finally:
             self._leases -= 1
-            self.last_request = self.deps.clock()
+            self._last_request = self.deps.clock()
             if not self._leases:
                 self._unused.set()
 
@@ -120,7 +120,7 @@ class Service:
         never asked for anything counts from when it became ready."""
         if self._leases or self.state not in (State.READY, State.BACKOFF):
             return None
-        return self.last_request if self.last_request is not None else self.ready_since
+        return self._last_request if self._last_request is not None else self.ready_since
 
     async def stop_if_idle(self, idle_for: float = 0.0, reason: str = "idle") -> bool:
         """Stop if unused for ``idle_for`` seconds; True if it stopped. Decided under the
@@ -136,7 +136,7 @@ class Service:
         since = self._idle_since()
         return Usage(
             in_flight=self._leases,
-            last_request=self._wall(self.last_request),
+            last_request=self._wall(self._last_request),
             idle_since=self._wall(since),
             stopped_idle=self.state is State.STOPPED and self.reason == "idle",
         )
@@ -552,7 +552,7 @@ class Service:
             "restarts_by_reason": dict(self.restarts),
             "uptime": self._ready_for() if self.state is State.READY else None,
             "last_exit": last_exit,
-            "last_request": self._wall(self.last_request),
+            "last_request": self._wall(self._last_request),
             "degraded": self.degraded,
             "eta_s": self.eta() if self.state is not State.READY else None,
             "warmup": self.warmup,
