@@ -97,10 +97,11 @@ async def test_evicts_idle_service_lru(placed: Any) -> None:
     assert manager.get("old").reason == "evicted"
 
 
-async def test_refuses_with_numbers_when_holder_is_pinned(placed: Any) -> None:
+@pytest.mark.parametrize("pin", ["big-model", "Big-Model:latest"])  # one model, as Ollama says
+async def test_refuses_with_numbers_when_holder_is_pinned(placed: Any, pin: str) -> None:
     pinned = on_gpu0(fake_service("big", model="big-model"), 40)
     new = on_gpu0(fake_service("new", restart={"max_failures": 1}), 50)
-    manager, _ = placed(pinned, new, pin=["big-model"])
+    manager, _ = placed(pinned, new, pin=[pin])
     await manager.get("big").start()
     with pytest.raises(StartFailedError) as info:
         await manager.get("new").start()
