@@ -12,6 +12,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,6 +20,7 @@ import pytest
 
 from llm_supervisor.config.models import Config, Policy
 from llm_supervisor.gateway.app import Gateway
+from llm_supervisor.reload.reloader import Reloader
 from llm_supervisor.service.manager import Manager
 from llm_supervisor.service.states import State
 from llm_supervisor.service.usage import Usage
@@ -134,3 +136,26 @@ async def test_drained_waits_for_requests_in_flight(manager_factory: Any) -> Non
     await asyncio.sleep(0)
     lease.__exit__(None, None, None)
     assert await waiter
+
+
+async def test_reload_that_removes_a_service_lets_its_request_finish(
+    manager_factory: Any, tmp_path: Path
+) -> None:
+    manager = manager_factory(fake_service("b", "--reply-delay", "1.0"))
+    service = manager.get("b")
+    await service.start()
+    without_b = manager.config.model_copy(update={"services": {}})
+    reloader = Reloader(tmp_path, manager, lambda: without_b)
+    engine_output = service.ring.follow()
+    async with gateway_for(manager) as (_, url), httpx.AsyncClient(timeout=20) as client:
+        body = {"model": "b", "messages": [{"role": "user", "content": "x"}]}
+        reply = asyncio.create_task(client.post(url + "/v1/chat/completions", json=body))
+        async for line in engine_output:  # the engine has the request: it is in flight
+            if line.text.startswith("request POST /v1/chat/completions"):
+                break
+        await engine_output.aclose()
+        result = await reloader.reload_now()
+        response = await reply
+    assert result["result"] == "applied", result
+    assert response.status_code == 200, response.text
+    assert "b" not in manager.services and service.state is State.STOPPED
