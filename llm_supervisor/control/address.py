@@ -5,7 +5,6 @@ Kept free of server imports so the CLI starts fast.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from pathlib import Path
 
@@ -53,15 +52,6 @@ def parse_address(address: str) -> tuple[str, str | int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def read_token(token_file: Path | None) -> str | None:
     if token_file is None:
         return None
@@ -71,4 +61,21 @@ def read_token(token_file: Path | None) -> str | None:
         raise ControlError(f"cannot read token file {token_file}: {exc.strerror}") from None
     if not token:
         raise ControlError(f"token file {token_file} is empty")
+    return token
+
+
+def server_token(address: str, token_file: Path | None) -> str | None:
+    """The token the control API on ``address`` requires (read from ``token_file``).
+
+    TCP always needs one, loopback included: any web page in the operator's browser can
+    reach 127.0.0.1, and other local users can too. The Unix socket's file mode is its
+    access control, so it needs none (one given is still required there).
+    """
+    host, _ = parse_address(address)
+    token = read_token(token_file)
+    if host != "unix" and token is None:
+        raise ControlAddressError(
+            f"the control API on TCP ({address}) needs a bearer token: pass --token-file FILE "
+            "(a file holding a random secret), or serve it on a Unix socket (unix:PATH)"
+        )
     return token
