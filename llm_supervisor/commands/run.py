@@ -7,9 +7,7 @@ import gc
 import os
 from pathlib import Path
 
-import uvloop
-
-from ..control.address import default_control_address
+from ..control.address import default_control_address, server_token
 from ..logsetup import configure_logging
 
 
@@ -78,14 +76,18 @@ def tune_gc() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import uvloop
+
     from ..daemon.daemon import Daemon, DaemonOptions
 
+    control = default_control_address(args.control)
+    server_token(control, args.token_file)  # TCP without a token: refused before anything runs
     configure_logging(args.log_format, args.log_level)
     options = DaemonOptions(
         config_dir=args.config_dir,
         state_dir=args.state_dir or default_state_dir(),
         log_dir=args.log_dir or default_log_dir(),
-        control=default_control_address(args.control),
+        control=control,
         gateway=args.gateway,
         token_file=args.token_file,
         socket_group=args.socket_group,
