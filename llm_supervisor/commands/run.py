@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from ..control.address import default_control_address, server_token
-from ..logsetup import configure_logging
+from .defaults import default_config_dir
 
 
 def _from_env(var: str, root_default: str, user_default: str) -> Path:
@@ -38,8 +38,6 @@ def parse_hostport(value: str) -> tuple[str, int] | None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..cli import default_config_dir
-
     parser.add_argument("--config-dir", type=Path, default=Path(default_config_dir()))
     parser.add_argument("--state-dir", type=Path, default=None, help="orphan registry")
     parser.add_argument("--log-dir", type=Path, default=None, help="<service>.log files")
@@ -79,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     import uvloop
 
     from ..daemon.daemon import Daemon, DaemonOptions
+    from ..logsetup import configure_logging
 
     control = default_control_address(args.control)
     server_token(control, args.token_file)  # TCP without a token: refused before anything runs

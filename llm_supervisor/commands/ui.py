@@ -17,8 +17,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..control.address import default_control_address, parse_address, read_token
-from ..control.client import add_control_arguments, unreachable
+from ..control.address import (
+    add_control_arguments,
+    default_control_address,
+    parse_address,
+    read_token,
+)
 
 if TYPE_CHECKING:
     from aiohttp import ClientSession, web
@@ -59,6 +63,7 @@ def proxy_app(address: str, upstream_token: str | None, token: str) -> web.Appli
     from aiohttp import web
     from multidict import CIMultiDict
 
+    from ..control.client import unreachable
     from ..control.guard import guard
 
     upstream_key = web.AppKey("upstream", aiohttp.ClientSession)
@@ -101,6 +106,9 @@ def run(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from ..control.server import bind_tcp
+    from ..logsetup import configure_logging
+
+    configure_logging("auto", "error")
 
     address = default_control_address(args.control, client=True)
     env_token = os.environ.get("LLM_SUPERVISOR_TOKEN_FILE")

@@ -1,10 +1,11 @@
 """Where the control API lives: address parsing, the default socket path, the token file.
 
-Kept free of server imports so the CLI starts fast.
+Kept free of server and client imports: every CLI command parses its arguments with it.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
@@ -79,3 +80,17 @@ def server_token(address: str, token_file: Path | None) -> str | None:
             "(a file holding a random secret), or serve it on a Unix socket (unix:PATH)"
         )
     return token
+
+
+def add_control_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--control`` and ``--token-file``, shared by every command that talks to the daemon."""
+    parser.add_argument(
+        "--control",
+        metavar="unix:PATH|HOST:PORT",
+        help="control API address (default: $LLM_SUPERVISOR_CONTROL, else the default socket)",
+    )
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        help="bearer token for a TCP control API (default: $LLM_SUPERVISOR_TOKEN_FILE)",
+    )

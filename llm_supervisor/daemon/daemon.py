@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +30,9 @@ from ..reload.watcher import watch_config_dir
 from ..service.gate import StartGate
 from ..service.manager import Manager
 from . import lastresort
-from .backend import DaemonBackend
+from .backend import DaemonBackend, GatewayServices
 from .sdnotify import SystemdNotifier, watchdog_loop
-from .status import summary_line
+from .status import DaemonFacts, StatusReport, summary_line
 
 log = get_logger(__name__)
 
@@ -61,21 +60,16 @@ class Daemon:
         self.notifier = SystemdNotifier()
         self.placement = Placement(GpuMonitor(make_backend()))
         self.registry = GroupRegistry(options.state_dir)
-        self.started_at = time.time()
-        self.started_monotonic = time.monotonic()
+        self.facts = DaemonFacts(options.config_dir, options.gateway)
         self.gateway: Gateway | None = None
         self.reloader: Reloader | None = None
         self._stop = asyncio.Event()
         self._signals = 0
         self._disarm: Callable[[], None] = lambda: None
-        self.manager: Manager  # set in run(), after the config is known to be valid
-
-    @property
-    def gateway_address(self) -> str | None:
-        if self.options.gateway is None:
-            return None
-        host, port = self.options.gateway
-        return f"{host}:{self.gateway.port if self.gateway and self.gateway.port else port}"
+        # set in _build(), once the config is known to be valid
+        self.manager: Manager
+        self.report: StatusReport
+        self.backend: DaemonBackend
 
     def load(self) -> Config:
         config, warnings = load_config(self.options.config_dir, self.placement.totals())
@@ -138,11 +132,11 @@ class Daemon:
                 "cuda_devices": self.placement.cuda_devices,
                 "wait_released": self.placement.wait_released,
             },
+            listeners=[self._publish_summary],
         )
         self.placement.manager = self.manager
-        self.backend = DaemonBackend(self)
         if self.options.gateway is not None:
-            gateway = self.gateway = Gateway(self.backend)
+            gateway = self.gateway = Gateway(GatewayServices(self.manager))
             self.placement.on_critical = lambda event: relieve(gateway, self.manager.config, event)
         busy = self._busy
         self.placement.busy = busy
@@ -151,7 +145,13 @@ class Daemon:
             on_reloading=self.notifier.reloading,
             on_done=lambda record: self.notifier.ready(),
         )  # fmt: skip
-        self.manager.listeners.append(lambda *_: self.notifier.status(summary_line(self)))
+        self.report = StatusReport(
+            self.facts, self.manager, self.placement, self.gateway, self.reloader
+        )
+        self.backend = DaemonBackend(self.manager, self.placement, self.reloader, self.report)
+
+    def _publish_summary(self, *_: object) -> None:
+        self.notifier.status(summary_line(self.manager))
 
     def _busy(self, name: str) -> bool:
         return self.gateway is not None and name in self.gateway.state.busy_services()
@@ -181,13 +181,13 @@ class Daemon:
         self._spawn(group, "gpu", self.placement.run(self.options.gpu_interval))
         self._spawn(group, "status", self._status_loop())
         await self.manager.start_boot_services()
-        self.notifier.ready(status=summary_line(self))
+        self.notifier.ready(status=summary_line(self.manager))
         # WATCHDOG=1 is sent from this event loop: if the loop blocks, systemd notices.
         self._spawn(group, "watchdog", watchdog_loop(
             self.notifier, self.notifier.watchdog_interval()
         ))  # fmt: skip
         log.info("daemon.ready", services=len(self.manager.services),
-                 control=self.options.control, gateway=self.gateway_address)  # fmt: skip
+                 control=self.options.control, gateway=self.report.gateway_address())  # fmt: skip
 
     async def _started(self, waits: list[Any]) -> None:
         """Wait for the listeners; a task that died instead (port taken) raises here."""
@@ -210,7 +210,7 @@ class Daemon:
 
     async def _status_loop(self) -> None:
         while True:
-            self.notifier.status(summary_line(self))
+            self._publish_summary()
             await asyncio.sleep(5)
 
     # -- shutdown, in order ------------------------------------------------------------

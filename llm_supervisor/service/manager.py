@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +11,7 @@ from ..config.models import Config, ServiceConfig
 from ..engines.base import Prober, make_prober
 from ..errors import UnknownServiceError
 from ..logsetup import get_logger
-from ..process.output import LogLine
+from ..process.logline import LogLine
 from ..process.registry import GroupRegistry
 from ..process.tree import find_marked_async, kill_refs
 from .deps import ServiceDeps, StateListener
@@ -31,13 +31,14 @@ class Manager:
         http: Prober | None = None,
         gate: StartGate | None = None,
         deps_overrides: dict[str, Any] | None = None,
+        listeners: Sequence[StateListener] = (),
     ) -> None:
         self.config = config
         self.registry = registry
         self.log_dir = log_dir
         self.http = http or make_prober()  # one session: aiohttp keys its pool by host:port
         self.gate = gate or StartGate()
-        self.listeners: list[StateListener] = []
+        self.listeners: list[StateListener] = list(listeners)  # told of every state change
         self._deps_overrides = deps_overrides or {}
         self.services: dict[str, Service] = {}
         for svc in config.services.values():
