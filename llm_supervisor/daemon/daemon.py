@@ -27,6 +27,7 @@ from ..process.registry import GroupRegistry
 from ..process.tree import find_marked, kill_refs, killpg
 from ..reload.reloader import Reloader
 from ..reload.watcher import watch_config_dir
+from ..service.deps import GpuHooks
 from ..service.gate import StartGate
 from ..service.manager import Manager
 from . import lastresort
@@ -128,10 +129,7 @@ class Daemon:
             registry=self.registry,
             log_dir=self.options.log_dir,
             gate=StartGate(admit=self.placement.admit),
-            deps_overrides={
-                "cuda_devices": self.placement.cuda_devices,
-                "wait_released": self.placement.wait_released,
-            },
+            gpu_hooks=GpuHooks(self.placement.cuda_devices, self.placement.wait_released),
             listeners=[self._publish_summary],
         )
         self.placement.manager = self.manager

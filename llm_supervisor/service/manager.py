@@ -14,7 +14,7 @@ from ..logsetup import get_logger
 from ..process.logline import LogLine
 from ..process.registry import GroupRegistry
 from ..process.tree import find_marked_async, kill_refs
-from .deps import ServiceDeps, StateListener
+from .deps import GpuHooks, ServiceDeps, StateListener
 from .gate import StartGate
 from .service import Service
 
@@ -30,7 +30,7 @@ class Manager:
         log_dir: Path | None,
         http: Prober | None = None,
         gate: StartGate | None = None,
-        deps_overrides: dict[str, Any] | None = None,
+        gpu_hooks: GpuHooks | None = None,
         listeners: Sequence[StateListener] = (),
     ) -> None:
         self.config = config
@@ -39,7 +39,7 @@ class Manager:
         self.http = http or make_prober()  # one session: aiohttp keys its pool by host:port
         self.gate = gate or StartGate()
         self.listeners: list[StateListener] = list(listeners)  # told of every state change
-        self._deps_overrides = deps_overrides or {}
+        self.gpu_hooks = gpu_hooks or GpuHooks()
         self.services: dict[str, Service] = {}
         for svc in config.services.values():
             self._add(svc)
@@ -54,9 +54,9 @@ class Manager:
             policy=lambda: self.config.policy,
             start_gate=self.gate.starting,
             listeners=self.listeners,
+            cuda_devices=self.gpu_hooks.cuda_devices,
+            wait_released=self.gpu_hooks.wait_released,
         )
-        for key, value in self._deps_overrides.items():
-            setattr(deps, key, value)
         return deps
 
     def _add(self, svc: ServiceConfig) -> Service:
