@@ -209,6 +209,35 @@ async def test_follow_streams_new_lines_and_ends_on_disconnect(
     await until(lambda: backend.follower_count("qwen3-8b") == 0)
 
 
+class SlowStart(FakeControlBackend):
+    """``start --wait`` that takes as long as the test says."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered, self.go, self.finished = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def start(self, name: str, wait: bool) -> None:
+        self.entered.set()
+        await self.go.wait()
+        await super().start(name, wait)
+        self.finished.set()
+
+
+async def test_client_hanging_up_does_not_cancel_the_start_it_asked_for(tmp_path: Path) -> None:
+    backend = SlowStart()
+    sock = tmp_path / "control.sock"
+    async with served(backend, sock) as c:
+        request = asyncio.create_task(c.post("/v1/services/tiny/start", params={"wait": "1"}))
+        await asyncio.wait_for(backend.entered.wait(), 5)
+        request.cancel()  # Ctrl-C on `start tiny --wait`: the connection closes
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        await asyncio.sleep(0.1)  # let the server see the hang-up and cancel its handler
+        backend.go.set()
+        await asyncio.wait_for(backend.finished.wait(), 5)
+        assert (await c.get("/v1/status")).json()["services"]["tiny"]["state"] == "ready"
+
+
 async def test_follow_ends_cleanly_on_server_shutdown(
     backend: FakeControlBackend, tmp_path: Path
 ) -> None:
