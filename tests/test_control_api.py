@@ -140,6 +140,17 @@ async def test_logs_bad_query_is_400(client: httpx.AsyncClient, query: str) -> N
     assert response.json()["error"]["type"] == "bad_request"
 
 
+async def test_unknown_paths_and_methods_answer_in_the_error_shape(
+    client: httpx.AsyncClient,
+) -> None:
+    missing = await client.get("/v1/nope")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["type"] == "not_found"
+    wrong = await client.get("/v1/services/tiny/stop")
+    assert wrong.status_code == 405
+    assert wrong.json()["error"]["type"] == "method_not_allowed"
+
+
 async def test_metrics_endpoint(client: httpx.AsyncClient) -> None:
     response = await client.get("/metrics")
     assert response.status_code == 200
