@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -103,6 +102,8 @@ def proxy_app(address: str, upstream_token: str | None, token: str) -> web.Appli
 
 
 def run(args: argparse.Namespace) -> int:
+    import secrets
+
     from aiohttp import web
 
     from ..control.server import bind_tcp
