@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from ..reload.watcher import watch_config_dir
 from ..service.deps import GpuHooks
 from ..service.gate import StartGate
 from ..service.manager import Manager
+from ..service.starts import StartHistory
 from . import lastresort
 from .backend import DaemonBackend, GatewayServices
 from .sdnotify import SystemdNotifier, watchdog_loop
@@ -104,6 +105,7 @@ class Daemon:
         config = self.load()  # ConfigError propagates: nothing has been started yet
         self.registry.acquire()  # before the sweep: another live daemon's engines are no orphans
         killed = await self.registry.kill_orphans()
+        self.facts = replace(self.facts, orphans_killed=len(killed))
         if killed:
             log.warning("daemon.orphans_killed", pids=killed)
         self._build(config)
@@ -131,6 +133,7 @@ class Daemon:
             gate=StartGate(admit=self.placement.admit),
             gpu_hooks=GpuHooks(self.placement.cuda_devices, self.placement.wait_released),
             listeners=[self._publish_summary],
+            start_history=StartHistory(self.options.state_dir / "starts.json"),
         )
         self.placement.manager = self.manager
         if self.options.gateway is not None:

@@ -23,6 +23,7 @@ class DaemonFacts:
 
     config_dir: Path
     gateway: tuple[str, int] | None  # as configured; the bound port comes from the gateway
+    orphans_killed: int = 0  # by the sweep at start (status and metrics)
     pid: int = field(default_factory=os.getpid)
     started_at: float = field(default_factory=time.time)
     started_monotonic: float = field(default_factory=time.monotonic)
@@ -62,6 +63,11 @@ class StatusReport:
             entry = services.get(row.get("service", ""))
             if entry is not None:
                 entry["idle"] = row
+        queue = gateway.queue_facts() if gateway else {}
+        for name, entry in services.items():
+            facts = queue.get(name, {})
+            entry["waiting"] = facts.get("waiting", 0)
+            entry["in_flight"] = facts.get("in_flight", 0)
         keep_alive = config.policy.keep_alive
         return {
             "version": __version__,
@@ -69,6 +75,7 @@ class StatusReport:
                 "pid": self.facts.pid,
                 "uptime": time.monotonic() - self.facts.started_monotonic,
                 "started_at": self.facts.started_at,
+                "orphans_killed": self.facts.orphans_killed,
                 "config_dir": str(self.facts.config_dir),
                 "gateway": self.gateway_address(),
             },

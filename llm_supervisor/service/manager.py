@@ -17,6 +17,7 @@ from ..process.tree import find_marked_async, kill_refs
 from .deps import GpuHooks, ServiceDeps, StateListener
 from .gate import StartGate
 from .service import Service
+from .starts import StartHistory
 
 log = get_logger(__name__)
 
@@ -32,6 +33,7 @@ class Manager:
         gate: StartGate | None = None,
         gpu_hooks: GpuHooks | None = None,
         listeners: Sequence[StateListener] = (),
+        start_history: StartHistory | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
@@ -40,6 +42,7 @@ class Manager:
         self.gate = gate or StartGate()
         self.listeners: list[StateListener] = list(listeners)  # told of every state change
         self.gpu_hooks = gpu_hooks or GpuHooks()
+        self.start_history = start_history or StartHistory(None)
         self.services: dict[str, Service] = {}
         for svc in config.services.values():
             self._add(svc)
@@ -56,6 +59,7 @@ class Manager:
             listeners=self.listeners,
             cuda_devices=self.gpu_hooks.cuda_devices,
             wait_released=self.gpu_hooks.wait_released,
+            start_history=self.start_history,
         )
         return deps
 
