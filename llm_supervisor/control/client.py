@@ -3,11 +3,11 @@
 Every failure becomes a typed error with one readable line; ``cli.py`` prints it.
 
 Stdlib ``http.client``, not httpx (which DESIGN.md first named here): every CLI call pays
-for its imports, and httpx's stack alone cost more than the whole 150 ms budget of
-``llm-supervisor status`` on the development machine (about 75 ms of CPU, ~115 ms with
-trio installed, which httpcore then imports too); the client needs one request at a time,
-a Unix socket, and a line-by-line stream, which http.client does in a few lines. With
-this the daemon needs no second HTTP stack: aiohttp serves, and probes.
+for its imports, and importing httpx alone cost 75-90 ms of CPU on the development machine,
+over half of the 150 ms that ``llm-supervisor status`` may take in all; http.client, json
+and socket cost under 20 ms. The client needs one request at a time, a Unix socket and a
+line-by-line stream, which http.client does in a few lines; and the package needs no second
+HTTP stack besides aiohttp (server, probes, the gateway's upstream).
 """
 
 from __future__ import annotations
