@@ -417,8 +417,9 @@ async def test_token_link_sets_a_cookie_that_then_authorizes(tmp_path: Path) -> 
 
 async def test_guard_refuses_cross_site_requests_and_foreign_host_names(tmp_path: Path) -> None:
     async with served(FakeControlBackend(), tmp_path / "c.sock") as c:
-        evil = {"Origin": "http://evil.example"}
-        assert (await c.post("/v1/services/qwen3-8b/stop", headers=evil)).status_code == 403
+        for origin in ("http://evil.example", "null", "http://control.evil.example"):
+            evil = {"Origin": origin}
+            assert (await c.post("/v1/services/qwen3-8b/stop", headers=evil)).status_code == 403
         same = {"Origin": "http://control"}
         assert (await c.get("/v1/status", headers=same)).status_code == 200
         rebound = {"Host": "evil.example:8765"}
