@@ -2,9 +2,10 @@
 
 The line naming the cause is rarely the last one: vLLM prints the root cause inside a
 traceback of the engine-core process, then the API server's own traceback, pydantic's
-"Value error" wrapping and shutdown noise. So every line of the given text is scanned and
-the most specific cause wins (the order of ``CAUSES``); among equals the line that yields
-more numbers, then the later line.
+"Value error" wrapping and shutdown noise. So every line of the given text is scanned; a
+line naming a root cause beats one that only gives context, which beats a wrapper that
+only says something died (``Rule.tier``); among those the most specific cause wins (the
+order of ``CAUSES``), then the line that yields more numbers, then the later line.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def diagnose(text: str, engine: str | None = None) -> Diagnosis:
     other value, or None, tries them all.
     """
     rules = [rule for rule in RULES if rule.applies_to(_known_engine(engine))]
-    best: tuple[tuple[int, bool, int, int], Rule, Found, str] | None = None
+    best: tuple[tuple[tuple[int, int], bool, int, int], Rule, Found, str] | None = None
     for index, raw in enumerate(_LINES.split(text)):
         line = _ANSI.sub("", raw).strip()
         if not line:
@@ -59,7 +60,8 @@ def diagnose(text: str, engine: str | None = None) -> Diagnosis:
             found = rule.find(line, lowered, engine)
             if found is None:
                 continue
-            rank = (-rule.priority, not _SOURCE_LINE.search(line), len(found.numbers), index)
+            tier, order = rule.priority
+            rank = ((-tier, -order), not _SOURCE_LINE.search(line), len(found.numbers), index)
             if best is None or rank > best[0]:
                 best = (rank, rule, found, line)
     if best is None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from . import model as c
-from .rules import OLLAMA, VLLM, Found, Rule, fixed, rx
+from .rules import CONTEXT, OLLAMA, VLLM, Found, Rule, fixed, rx
 
 
 def _quant_hint(found: Found) -> str:
@@ -28,6 +28,27 @@ def _cc(text: str) -> str:
     return f"{text[:-1]}.{text[-1]}" if text.isdigit() and len(text) >= 2 else text
 
 
+def _too_old_hint(found: Found) -> str:
+    """Triton (vLLM's kernels) and PyTorch name the GPU, its capability and the minimum."""
+    gpu, have = found.text("gpu", "this GPU"), found.text("capability")
+    need = found.text("min_capability")
+    what = f"{gpu} (compute capability {have})" if have else gpu
+    needs = f" needs compute capability {need} or newer;" if need else ""
+    return (
+        f"{what} is too old for this vLLM build:{needs} serve the model on a newer GPU, "
+        "or with an engine that supports this one (Ollama, a Pascal build of vLLM)"
+    )
+
+
+def _ollama_too_old_hint(found: Found) -> str:
+    have = found.text("capability") or found.text("gfx")
+    what = f"this GPU ({'compute capability ' if found.text('capability') else 'gfx'}{have})"
+    return (
+        f"{what} is too old for this Ollama build, so it runs on the CPU: use a supported GPU "
+        "(CUDA compute capability 5.0+, ROCm gfx900+) or expect CPU speed and RAM limits"
+    )
+
+
 def _ollama_model_hint(found: Found) -> str:
     name = found.text("model", "the model")
     return f"{name} is not available on this Ollama: check the name and tag, then ollama pull it"
@@ -36,8 +57,8 @@ def _ollama_model_hint(found: Found) -> str:
 def _model_hint(found: Found) -> str:
     name = found.text("model", "the model")
     return (
-        f"{name} is neither a local directory nor a Hugging Face repo id: check the path "
-        "(readable by the service user?) or the repo name"
+        f"model not found: {name} is neither a local directory nor a Hugging Face repo id; "
+        "check the name or the path (readable by the service user?)"
     )
 
 
@@ -116,6 +137,42 @@ CONFIG_RULES: tuple[Rule, ...] = (
             "that supports its compute capability"
         ),
     ),
+    Rule(  # Triton, which vLLM compiles its kernels with (torch.compile, V1 attention)
+        c.UNSUPPORTED_GPU,
+        ("too old to be supported",),
+        rx(
+            r"Found (?P<gpu>.+?) which is too old to be supported by the triton GPU compiler"
+            r"(?:.*?Capability >= (?P<min_capability>\d+(?:\.\d+)?))?"
+            r"(?:.*?your device is of CUDA capability (?P<capability>\d+(?:\.\d+)?))?"
+        ),
+        _too_old_hint,
+        VLLM,
+    ),
+    Rule(  # PyTorch's own check, same shape
+        c.UNSUPPORTED_GPU,
+        ("no longer supports this gpu",),
+        rx(
+            r"Found GPU\d* (?P<gpu>.+?) which is of cuda capability (?P<capability>\d+(?:\.\d+)?)"
+            r"\.\s*PyTorch no longer supports this GPU because it is too old"
+            r"(?:.*?minimum cuda capability supported by this library is"
+            r" (?P<min_capability>\d+(?:\.\d+)?))?"
+        ),
+        _too_old_hint,
+        VLLM,
+    ),
+    Rule(  # Ollama's GPU discovery keeps running on the CPU: context for what fails later
+        c.UNSUPPORTED_GPU,
+        ("gpu is too old", "amdgpu too old"),
+        rx(
+            r"CUDA GPU is too old\.(?: Falling back to CPU mode\.)?"
+            r" Compute Capability detected: (?P<capability>\d+\.\d+)"
+            # gfx000 is what a machine without a real AMD GPU reports: harmless noise
+            r"|amdgpu too old gfx(?P<gfx>[1-9][0-9a-f]*)"
+        ),
+        _ollama_too_old_hint,
+        OLLAMA,
+        tier=CONTEXT,
+    ),
     Rule(
         c.MODEL_ACCESS_DENIED,
         ("gated repo", "is restricted", "401 client error"),
@@ -143,6 +200,20 @@ CONFIG_RULES: tuple[Rule, ...] = (
             r"(?:Repo id must be in the form 'repo_name' or 'namespace/repo_name'|Incorrect"
             r" path_or_model_id): '(?P<model>[^']+)'"
         ),
+        _model_hint,
+        VLLM,
+    ),
+    Rule(  # vLLM's own check since 0.7.3, plain or inside pydantic's "Value error, ..."
+        c.MODEL_NOT_FOUND,
+        ("invalid repository id or local directory",),
+        rx(r"Invalid repository ID or local directory specified: '(?P<model>[^']*)'"),
+        _model_hint,
+        VLLM,
+    ),
+    Rule(  # huggingface_hub's repo-id validation: a path that does not exist reads as an id
+        c.MODEL_NOT_FOUND,
+        ("repo id must use alphanumeric",),
+        rx(r"Repo id must use alphanumeric chars.*?max(?:imum)? length is \d+: '(?P<model>[^']*)'"),
         _model_hint,
         VLLM,
     ),
@@ -192,6 +263,18 @@ CONFIG_RULES: tuple[Rule, ...] = (
         ("unknown model architecture",),
         rx(r"unknown model architecture: '(?P<arch>[^']+)'"),
         fixed("this Ollama cannot run the model's architecture: upgrade Ollama"),
+        OLLAMA,
+    ),
+    Rule(  # llama.cpp's loader: the GGUF has tensors this Ollama does not know, or is cut short
+        c.UNSUPPORTED_MODEL,
+        ("wrong number of tensors",),
+        rx(
+            r"wrong number of tensors; expected (?P<expected_tensors>\d+), got (?P<got_tensors>\d+)"
+        ),
+        fixed(
+            "this Ollama does not know the model's layout (it is newer than this Ollama): "
+            "upgrade Ollama; if it is current, ollama pull the model again (incomplete download?)"
+        ),
         OLLAMA,
     ),
     Rule(

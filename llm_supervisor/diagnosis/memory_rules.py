@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from . import model as c
-from .rules import VLLM, Found, Rule, by_engine, fixed, rx
+from .rules import OLLAMA, VLLM, Found, Rule, by_engine, fixed, rx
 
 
 def _kv_hint(found: Found) -> str:
@@ -17,6 +17,12 @@ def _kv_hint(found: Found) -> str:
         fit = math.floor(numbers["max_model_len"] * ratio)
         numbers["max_tokens_fit_estimate"] = fit
         return f"set max-model-len to about {fit} or lower, or raise gpu-memory-utilization"
+    if fit is None and "max_model_len" in numbers:
+        # The message was cut (a wrapped terminal line): only the configured length is known.
+        return (
+            f"the KV cache cannot hold one request of max-model-len {numbers['max_model_len']}: "
+            "lower max-model-len, or raise gpu-memory-utilization"
+        )
     if fit is None:
         return "raise gpu-memory-utilization, or lower max-model-len"
     return f"set max-model-len to {fit} or lower, or raise gpu-memory-utilization"
@@ -32,6 +38,48 @@ def _free_memory_hint(found: Found) -> str:
     return (
         f"only {free:g} of {total:g} GiB are free: stop whoever holds the GPU "
         f"(llm-supervisor gpus) or set gpu-memory-utilization to {fits:.2f} or lower"
+    )
+
+
+def _cpu_free_memory_hint(found: Found) -> str:
+    """vLLM's CPU backend reserves gpu-memory-utilization x the node's RAM at startup."""
+    free, total = found.numbers.get("free_gib"), found.numbers.get("total_gib")
+    node = found.text("node", "0")
+    if not free or not total:
+        return (
+            "other processes hold the RAM vLLM's CPU backend wants: free it or lower "
+            "gpu-memory-utilization (on CPU it is the share of RAM vLLM reserves)"
+        )
+    fits = math.floor(free / total * 100 - 1) / 100
+    if fits <= 0:
+        return (
+            f"only {free:g} of {total:g} GiB of RAM on node {node} are free: stop other "
+            "processes first (gpu-memory-utilization sets vLLM's share of RAM on the CPU backend)"
+        )
+    found.numbers["suggested_gpu_memory_utilization"] = fits
+    return (
+        f"only {free:g} of {total:g} GiB of RAM on node {node} are free: set "
+        f"gpu-memory-utilization to {fits:.2f} or lower (on the CPU backend it is the share of "
+        "RAM vLLM reserves) or stop other processes"
+    )
+
+
+def _cpu_kv_memory_hint(found: Found) -> str:
+    free, wanted = found.numbers.get("free_gib"), found.numbers.get("kv_requested_gib")
+    node = found.text("node", "0")
+    if free is None or wanted is None:
+        return "the CPU backend's KV cache does not fit in free RAM: lower VLLM_CPU_KVCACHE_SPACE"
+    return (
+        f"the KV cache wants {wanted:g} GiB but only {free:g} GiB of RAM on node {node} are "
+        f"free: set VLLM_CPU_KVCACHE_SPACE to {math.floor(free)} (GiB) or less, or stop other "
+        "processes"
+    )
+
+
+def _backend_buffer_hint(_found: Found) -> str:
+    return (
+        "the model does not fit in GPU plus host memory: use a smaller model or quantization, "
+        "lower num_ctx, or free RAM (stop other models)"
     )
 
 
@@ -66,10 +114,11 @@ MEMORY_RULES: tuple[Rule, ...] = (
         rx(
             r"To serve at least one request with the models?'s max seq len"
             r" \((?P<max_model_len>\d+)\)"
-            r",? \(?(?P<kv_needed_gib>[\d.]+) GiB KV cache is needed, which is larger than the"
-            r" available KV cache memory \((?P<kv_available_gib>[\d.]+) GiB\)\.?"
+            # A terminal may wrap the rest onto the next line; the length alone still counts.
+            r"(?:,? \(?(?P<kv_needed_gib>[\d.]+) GiB KV cache is needed, which is larger than"
+            r" the available KV cache memory \((?P<kv_available_gib>[\d.]+) GiB\)\.?"
             r"(?: Based on the available memory,? the estimated maximum model length is"
-            r" (?P<max_tokens_fit>\d+))?"
+            r" (?P<max_tokens_fit>\d+))?)?"
         ),
         _kv_hint,
         VLLM,
@@ -106,6 +155,28 @@ MEMORY_RULES: tuple[Rule, ...] = (
         _free_memory_hint,
         VLLM,
     ),
+    Rule(  # vLLM's CPU backend: gpu-memory-utilization is a share of the NUMA node's RAM
+        c.INSUFFICIENT_FREE_MEMORY,
+        ("less than desired cpu memory utilization",),
+        rx(
+            r"Available memory on node (?P<node>\d+) \((?P<free_gib>[\d.]+)/(?P<total_gib>[\d.]+)"
+            r" GiB\) on startup is less than desired CPU memory utilization"
+            r" \((?P<gpu_memory_utilization>[\d.]+), (?P<requested_gib>[\d.]+) GiB\)"
+        ),
+        _cpu_free_memory_hint,
+        VLLM,
+    ),
+    Rule(  # the CPU backend again, when the KV cache is sized after the weights are loaded
+        c.INSUFFICIENT_FREE_MEMORY,
+        ("less than requested memory for kv",),
+        rx(
+            r"Available memory on node (?P<node>\d+) \((?P<free_gib>[\d.]+)/(?P<total_gib>[\d.]+)"
+            r" GiB\) on kv cache allocation is less than requested memory for kv"
+            r" \((?P<kv_requested_gib>[\d.]+)/(?P<requested_gib>[\d.]+) GiB\)"
+        ),
+        _cpu_kv_memory_hint,
+        VLLM,
+    ),
     Rule(
         c.MAX_MODEL_LEN_TOO_LARGE,
         ("user-specified max_model_len",),
@@ -137,11 +208,17 @@ MEMORY_RULES: tuple[Rule, ...] = (
     ),
     Rule(
         c.CUDA_OOM,
-        ("malloc failed", "to allocate cuda", "to allocate rocm", "out of device memory"),
+        (
+            "malloc failed",
+            "to allocate cuda",
+            "to allocate rocm",
+            "to allocate metal",
+            "out of device memory",
+        ),
         rx(
             # llama.cpp's allocator, as Ollama's runner prints it
             r"cudaMalloc failed|hipMalloc failed|out of device memory"
-            r"|(?:unable|failed) to allocate (?:CUDA|ROCm)\d* buffer"
+            r"|(?:unable|failed) to allocate (?:CUDA|ROCm|Metal)\d* buffer"
         ),
         _GGML_OOM,
     ),
@@ -153,6 +230,13 @@ MEMORY_RULES: tuple[Rule, ...] = (
             r" than is available \((?P<available_gib__size>[\d.]+ ?[KMGT]?i?B)\)"
         ),
         _host_oom_hint,
+    ),
+    Rule(  # llama.cpp could place the weights neither on the GPU nor in RAM (Ollama #5958)
+        c.HOST_OOM,
+        ("unable to allocate backend buffer",),
+        rx(r"unable to allocate backend buffer"),
+        _backend_buffer_hint,
+        OLLAMA,
     ),
     Rule(
         c.HOST_OOM,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from . import model as c
-from .rules import OLLAMA, VLLM, Found, Rule, by_engine, fixed, rx
+from .rules import OLLAMA, VLLM, WRAPPER, Found, Rule, by_engine, fixed, rx
 
 
 def _port_hint(found: Found) -> str:
@@ -18,8 +18,28 @@ def _port_hint(found: Found) -> str:
 
 def _missing_hint(found: Found) -> str:
     cmd = found.text("cmd", "the engine executable")
+    if "permission denied" in found.match.group(0).lower():
+        return f"{cmd} is not executable: check its permissions, or point command elsewhere"
     return f"{cmd} was not found: set the service's command to the engine's full path"
 
+
+def _cuda_error_hint(found: Found) -> str:
+    what = found.text("what", "a CUDA error").rstrip(". ")
+    return (
+        f"a CUDA error crashed the engine ({what}): update the engine and the GPU driver; "
+        "if it persists, report it upstream with the log"
+    )
+
+
+def _systemd_hint(found: Found) -> str:
+    cmd = found.text("cmd") or found.text("spawn")
+    if cmd:
+        return f"{cmd} could not be run: set the service's command to the engine's full path"
+    return "the service's command could not be run (exit 127/203): set it to the engine's full path"
+
+
+# GNU tools quote names in curly quotes (U+2018/U+2019) in UTF-8 locales, 'so' in the C locale.
+_QUOTES = "'\"`\u2018\u2019"
 
 _VLLM_DEAD = "the engine core process died; its root cause is in the lines above this one"
 _OLLAMA_DEAD = "the llama runner died while loading or serving; see the lines above this one"
@@ -36,10 +56,9 @@ PROCESS_RULES: tuple[Rule, ...] = (
     Rule(
         c.PORT_IN_USE,
         ("listen tcp",),
-        rx(
-            r"listen tcp (?P<host>\S*?):(?P<port>\d+): bind: (?:address already in use"
-            r"|Only one usage of each socket address)"
-        ),
+        # Any bind error but these two means the port is unavailable; Windows words it in the
+        # system's language ("Only one usage of each socket address", "Normal olarak ...").
+        rx(r"listen tcp (?P<host>\S*?):(?P<port>\d+): bind: (?!permission denied|cannot assign)"),
         _port_hint,
         OLLAMA,
     ),
@@ -55,6 +74,40 @@ PROCESS_RULES: tuple[Rule, ...] = (
         ("command not found",),
         rx(r"(?:^|: )(?P<cmd>[^\s:]+): command not found"),
         _missing_hint,
+    ),
+    Rule(  # dash and busybox: `sh: 1: vllm: not found`, `/bin/sh: vllm: not found`
+        c.EXECUTABLE_MISSING,
+        ("not found",),
+        rx(
+            r"(?:^|[\s:/])(?:sh|dash|ash|bash|zsh): (?:\d+: |line \d+: )?"
+            r"(?P<cmd>[^\s:]+): not found"
+        ),
+        _missing_hint,
+    ),
+    Rule(  # a wrapper that execs the engine: timeout, nohup, env, nice, stdbuf ...
+        c.EXECUTABLE_MISSING,
+        ("failed to run command", "no such file or directory"),
+        rx(
+            rf"(?:failed to run command|^\s*env:) [{_QUOTES}]?(?P<cmd>[^{_QUOTES}\s]+)[{_QUOTES}]?:"
+            r" (?:No such file or directory|Permission denied)"
+        ),
+        _missing_hint,
+    ),
+    Rule(  # Docker/runc and a shell's `exec`: `exec /entrypoint.sh: no such file or directory`
+        c.EXECUTABLE_MISSING,
+        ("no such file or directory", "not found"),
+        rx(r"(?:^|[\s|:])exec:? (?P<cmd>/?[^\s:\"]+): (?:no such file or directory|not found)$"),
+        _missing_hint,
+    ),
+    Rule(  # systemd: the unit's ExecStart could not be run
+        c.EXECUTABLE_MISSING,
+        ("failed to execute", "failed at step exec", "status=203/exec", "status=127"),
+        rx(
+            r"Failed to execute (?:command )?(?P<cmd>\S+?):? (?:No such file or directory"
+            r"|Permission denied)|Failed at step EXEC spawning (?P<spawn>\S+?):"
+            r"|status=203/EXEC|status=127\b"
+        ),
+        _systemd_hint,
     ),
     Rule(
         c.EXECUTABLE_MISSING,
@@ -84,6 +137,13 @@ PROCESS_RULES: tuple[Rule, ...] = (
         rx(r"^\s*Killed\s*$"),
         fixed("killed (SIGKILL): out of host memory? check dmesg for the OOM killer"),
     ),
+    Rule(  # the kernel's OOM killer took Ollama's runner
+        c.KILLED,
+        ("signal: killed",),
+        rx(r"(?:llama runner|llama-server) process has terminated: signal: killed"),
+        fixed("the runner was killed (SIGKILL): out of host memory? dmesg shows the OOM killer"),
+        OLLAMA,
+    ),
     Rule(
         c.ENGINE_DEAD,
         ("engine", "enginecore"),
@@ -94,21 +154,44 @@ PROCESS_RULES: tuple[Rule, ...] = (
         ),
         fixed(_VLLM_DEAD),
         VLLM,
+        tier=WRAPPER,
     ),
     Rule(
         c.ENGINE_DEAD,
-        ("terminated",),
+        ("terminated", "no longer running"),
         rx(
             r"(?:llama runner|llama-server) (?:process )?(?:has )?terminated"
             r"(?:[:,]? (?:error=\\?\"?)?exit status (?P<exit_status>\w+))?"
+            r"|llama runner process no longer running: (?P<exit_code>-?\d+)"
         ),
         fixed(_OLLAMA_DEAD),
         OLLAMA,
+        tier=WRAPPER,
     ),
-    Rule(
+    Rule(  # a crash with no reason given: the process's or Go runtime's last words
         c.ENGINE_DEAD,
-        ("segmentation fault", "core dumped", "ggml_assert"),
-        rx(r"Segmentation fault|core dumped|GGML_ASSERT\("),
+        ("segmentation fault", "core dumped", "sigabrt", "sigsegv", "sigill", "sigbus"),
+        rx(
+            r"Segmentation fault|core dumped"
+            r"|^(?:\S+ \S+ )?SIG(?:ABRT: abort|SEGV: segmentation violation|ILL: illegal"
+            r" instruction|BUS: bus error)"
+        ),
         _DEAD,
+        tier=WRAPPER,
+    ),
+    Rule(  # llama.cpp's assertions, old (`GGML_ASSERT: file:line: cond`) and new form
+        c.ENGINE_DEAD,
+        ("ggml_assert",),
+        rx(r"GGML_ASSERT[(:]"),
+        fixed(
+            "llama.cpp failed an internal check (GGML_ASSERT) and the runner died: often a model "
+            "file this engine version does not handle; upgrade it or try another quantization"
+        ),
+    ),
+    Rule(  # CUDA errors other than out-of-memory (that one is cuda_oom, which ranks higher)
+        c.ENGINE_DEAD,
+        ("cuda error",),
+        rx(r"CUDA error: (?P<what>[a-z][\w ,'-]+)"),
+        _cuda_error_hint,
     ),
 )
