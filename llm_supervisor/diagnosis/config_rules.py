@@ -224,6 +224,16 @@ CONFIG_RULES: tuple[Rule, ...] = (
         _model_hint,
         VLLM,
     ),
+    Rule(  # the path exists but holds no weights vLLM can load (or --load-format excludes them)
+        c.MODEL_NOT_FOUND,
+        ("cannot find any model weights",),
+        rx(r"Cannot find any model weights with [`'\"]?(?P<model>[^`'\"\s)]+)"),
+        lambda found: (
+            f"model not found: {found.text('model', 'the model path')} has no weights vLLM can "
+            "load; check the path (a complete download?) and load-format"
+        ),
+        VLLM,
+    ),
     Rule(  # a Hub id that is not in the local cache while HF_HUB_OFFLINE=1
         c.MODEL_NOT_FOUND,
         ("localentrynotfounderror", "cannot find an appropriate cached snapshot"),
@@ -265,15 +275,26 @@ CONFIG_RULES: tuple[Rule, ...] = (
         fixed("this Ollama cannot run the model's architecture: upgrade Ollama"),
         OLLAMA,
     ),
-    Rule(  # llama.cpp's loader: the GGUF has tensors this Ollama does not know, or is cut short
+    Rule(  # llama.cpp's loader: the GGUF's tensors are not what this Ollama expects
         c.UNSUPPORTED_MODEL,
-        ("wrong number of tensors",),
+        ("wrong number of tensors", "check_tensor_dims"),
         rx(
             r"wrong number of tensors; expected (?P<expected_tensors>\d+), got (?P<got_tensors>\d+)"
+            r"|check_tensor_dims: tensor '(?P<tensor>[^']+)' (?:has wrong shape|not found)"
         ),
         fixed(
-            "this Ollama does not know the model's layout (it is newer than this Ollama): "
-            "upgrade Ollama; if it is current, ollama pull the model again (incomplete download?)"
+            "this Ollama does not understand the model file (made for a newer one, or converted "
+            "wrongly): upgrade Ollama; if it is current, ollama pull or convert the model again"
+        ),
+        OLLAMA,
+    ),
+    Rule(  # the registry refuses: HTTP 412 from ollama.com
+        c.UNSUPPORTED_MODEL,
+        ("requires a newer version of ollama", "model manifest: 412"),
+        rx(r"requires a newer version of Ollama|pull model manifest: 412"),
+        fixed(
+            "the model needs a newer Ollama: upgrade the Ollama server (ollama -v shows the "
+            "server's version; a newer client alone does not help)"
         ),
         OLLAMA,
     ),
@@ -288,6 +309,19 @@ CONFIG_RULES: tuple[Rule, ...] = (
             f"the engine rejected its command line ({found.text('what')}): fix the service's args "
             "for this engine version"
         ),
+    ),
+    Rule(  # transformers refuses to run a model repo's own Python code unless told to
+        c.INVALID_ARGUMENT,
+        ("requires you to execute the configuration file", "contains custom code which must"),
+        rx(
+            r"requires you to execute the configuration file in that repo"
+            r"|contains custom code which must be executed"
+        ),
+        fixed(
+            "the model ships its own code: read it, then add --trust-remote-code to the "
+            "service's args"
+        ),
+        VLLM,
     ),
     Rule(
         c.INVALID_ARGUMENT,
