@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import signal as signals
+from functools import lru_cache
 
 from . import model as c
 from .model import Diagnosis
@@ -49,13 +50,13 @@ def diagnose(text: str, engine: str | None = None) -> Diagnosis:
     ``engine`` ("vllm" / "ollama") restricts the patterns to that engine's messages; any
     other value, or None, tries them all.
     """
-    rules = [rule for rule in RULES if rule.applies_to(_known_engine(engine))]
+    rules, any_needle = _rules_for(_known_engine(engine))
     best: tuple[tuple[tuple[int, int], bool, int, int], Rule, Found, str] | None = None
     for index, raw in enumerate(_LINES.split(text)):
         line = _ANSI.sub("", raw).strip()
-        if not line:
-            continue
         lowered = line.lower()
+        if not any_needle.search(lowered):
+            continue
         for rule in rules:
             found = rule.find(line, lowered, engine)
             if found is None:
@@ -129,6 +130,18 @@ def _signal_name(number: int) -> str:
         return signals.Signals(number).name
     except ValueError:
         return f"signal {number}"
+
+
+@lru_cache(maxsize=4)
+def _rules_for(engine: str | None) -> tuple[tuple[Rule, ...], re.Pattern[str]]:
+    """The rules for ``engine`` and one pattern matching any of their needles.
+
+    Most lines of a 64 KiB tail are noise (tracebacks, progress, requests); one search per
+    line skips them instead of testing every rule's needles.
+    """
+    rules = tuple(rule for rule in RULES if rule.applies_to(engine))
+    needles = sorted({needle for rule in rules for needle in rule.needles}, key=len, reverse=True)
+    return rules, re.compile("|".join(map(re.escape, needles)))
 
 
 def _known_engine(engine: str | None) -> str | None:

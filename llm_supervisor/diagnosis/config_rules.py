@@ -41,11 +41,13 @@ def _too_old_hint(found: Found) -> str:
 
 
 def _ollama_too_old_hint(found: Found) -> str:
-    have = found.text("capability") or found.text("gfx")
-    what = f"this GPU ({'compute capability ' if found.text('capability') else 'gfx'}{have})"
+    if found.text("capability"):
+        what = f"this GPU (compute capability {found.text('capability')})"
+    else:
+        what = f"this AMD GPU (gfx{found.text('gfx')})"
     return (
-        f"{what} is too old for this Ollama build, so it runs on the CPU: use a supported GPU "
-        "(CUDA compute capability 5.0+, ROCm gfx900+) or expect CPU speed and RAM limits"
+        f"{what} is too old for this Ollama build, so it runs on the CPU: use a GPU this "
+        "Ollama supports (see its GPU docs), or size the model for CPU speed and RAM"
     )
 
 
@@ -182,7 +184,7 @@ CONFIG_RULES: tuple[Rule, ...] = (
         ),
         fixed(
             "the model is gated or private on Hugging Face: accept its licence on the model page "
-            "and set HF_TOKEN in the service's env"
+            "and set HF_TOKEN in the service's env (the Hub also says 401 for a misspelled name)"
         ),
         VLLM,
     ),

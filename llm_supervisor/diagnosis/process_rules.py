@@ -35,7 +35,11 @@ def _systemd_hint(found: Found) -> str:
     cmd = found.text("cmd") or found.text("spawn")
     if cmd:
         return f"{cmd} could not be run: set the service's command to the engine's full path"
-    return "the service's command could not be run (exit 127/203): set it to the engine's full path"
+    status = found.text("status")
+    return (
+        f"the service's command could not be run (systemd status {status}): set it to the "
+        "engine's full path"
+    )
 
 
 # GNU tools quote names in curly quotes (U+2018/U+2019) in UTF-8 locales, 'so' in the C locale.
@@ -105,7 +109,7 @@ PROCESS_RULES: tuple[Rule, ...] = (
         rx(
             r"Failed to execute (?:command )?(?P<cmd>\S+?):? (?:No such file or directory"
             r"|Permission denied)|Failed at step EXEC spawning (?P<spawn>\S+?):"
-            r"|status=203/EXEC|status=127\b"
+            r"|status=(?P<status>203/EXEC|127)\b"
         ),
         _systemd_hint,
     ),
@@ -146,7 +150,13 @@ PROCESS_RULES: tuple[Rule, ...] = (
     ),
     Rule(
         c.ENGINE_DEAD,
-        ("engine", "enginecore"),
+        (
+            "enginedeaderror",
+            "enginecore encountered",
+            "engine core initialization failed",
+            "engine process failed",
+            "enginecore failed to start",
+        ),
         rx(
             r"EngineDeadError|EngineCore encountered (?:an issue|a fatal error)"
             r"|Engine core initialization failed|Engine process failed to start"
