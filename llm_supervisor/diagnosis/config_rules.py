@@ -236,6 +236,19 @@ CONFIG_RULES: tuple[Rule, ...] = (
         ),
         VLLM,
     ),
+    Rule(  # vLLM found neither config.json nor params.json (a wrong path, or a gated repo)
+        c.MODEL_NOT_FOUND,
+        ("no supported config format found", "could not detect config format"),
+        rx(
+            r"No supported config format found in (?P<model>\S+)"
+            r"|Could not detect config format for no config file found"
+        ),
+        lambda found: (
+            f"model not found: no config.json for {found.text('model', 'the model')}; check the "
+            "name or the path (a gated repo also needs HF_TOKEN in the service's env)"
+        ),
+        VLLM,
+    ),
     Rule(  # a Hub id that is not in the local cache while HF_HUB_OFFLINE=1
         c.MODEL_NOT_FOUND,
         ("localentrynotfounderror", "cannot find an appropriate cached snapshot"),
@@ -275,6 +288,16 @@ CONFIG_RULES: tuple[Rule, ...] = (
         ("unknown model architecture",),
         rx(r"unknown model architecture: '(?P<arch>[^']+)'"),
         fixed("this Ollama cannot run the model's architecture: upgrade Ollama"),
+        OLLAMA,
+    ),
+    Rule(
+        c.UNSUPPORTED_MODEL,
+        ("unknown pre-tokenizer type",),
+        rx(r"unknown pre-tokenizer type: '(?P<pretokenizer>[^']*)'"),
+        lambda found: (
+            f"this Ollama does not know the model's tokenizer ('{found.text('pretokenizer')}'): "
+            "upgrade Ollama"
+        ),
         OLLAMA,
     ),
     Rule(  # llama.cpp's loader: the GGUF's tensors are not what this Ollama expects

@@ -178,6 +178,19 @@ PROCESS_RULES: tuple[Rule, ...] = (
         OLLAMA,
         tier=WRAPPER,
     ),
+    Rule(  # Ollama gave up on a runner that was still loading (OLLAMA_LOAD_TIMEOUT, 5m)
+        c.ENGINE_DEAD,
+        ("timed out waiting for llama runner",),
+        rx(r"timed out waiting for llama runner to start(?: - progress (?P<progress>[\d.]+))?"),
+        lambda found: (
+            "the runner did not finish loading in time"
+            + (f" (progress {found.text('progress')})" if found.text("progress") else "")
+            + ": raise OLLAMA_LOAD_TIMEOUT in the service's env (slow disk, big model) or use a "
+            "smaller model"
+        ),
+        OLLAMA,
+        tier=WRAPPER,
+    ),
     Rule(  # a crash with no reason given: the process's or Go runtime's last words
         c.ENGINE_DEAD,
         ("segmentation fault", "core dumped", "sigabrt", "sigsegv", "sigill", "sigbus"),
