@@ -113,6 +113,16 @@ PROCESS_RULES: tuple[Rule, ...] = (
         ),
         _systemd_hint,
     ),
+    Rule(  # Ollama's own runner binary is missing from its installation
+        c.EXECUTABLE_MISSING,
+        ("binary not found",),
+        rx(r"(?P<cmd>[\w.-]+) binary not found"),
+        lambda found: (
+            f"Ollama's {found.text('cmd')} is missing from its installation: reinstall Ollama "
+            "(its lib/ollama directory is incomplete)"
+        ),
+        OLLAMA,
+    ),
     Rule(
         c.EXECUTABLE_MISSING,
         ("executable file not found",),
@@ -175,6 +185,17 @@ PROCESS_RULES: tuple[Rule, ...] = (
             r"|llama runner process no longer running: (?P<exit_code>-?\d+)"
         ),
         fixed(_OLLAMA_DEAD),
+        OLLAMA,
+        tier=WRAPPER,
+    ),
+    Rule(  # newer Ollama's words for a runner that died; the reason is in the server log
+        c.ENGINE_DEAD,
+        ("model runner has unexpectedly stopped", "unable to load model"),
+        rx(r"model runner has unexpectedly stopped|unable to load model: (?P<model>\S+)"),
+        fixed(
+            "Ollama's runner failed to load or run the model: the reason is in the server log "
+            "above this line (often a model newer than this Ollama: upgrade it)"
+        ),
         OLLAMA,
         tier=WRAPPER,
     ),
