@@ -212,6 +212,30 @@ PROCESS_RULES: tuple[Rule, ...] = (
         OLLAMA,
         tier=WRAPPER,
     ),
+    Rule(  # systemd's summary of the main process: killed by the kernel (OOM killer?) ...
+        c.KILLED,
+        ("code=killed",),
+        rx(r"code=killed, status=9/KILL"),
+        fixed("killed (SIGKILL): out of host memory? check dmesg for the OOM killer"),
+    ),
+    Rule(  # ... or crashed with a core dump
+        c.ENGINE_DEAD,
+        ("code=dumped",),
+        rx(r"code=dumped, status=\d+/(?P<signal_name>[A-Z]+)"),
+        lambda found: (
+            f"the engine crashed (SIG{found.text('signal_name')}, core dumped); the lines above "
+            "it, or coredumpctl, show where"
+        ),
+        tier=WRAPPER,
+    ),
+    Rule(  # vLLM's front end after a worker process died
+        c.ENGINE_DEAD,
+        ("got fatal signal from worker",),
+        rx(r"Got fatal signal from worker processes"),
+        fixed(_VLLM_DEAD),
+        VLLM,
+        tier=WRAPPER,
+    ),
     Rule(  # a crash with no reason given: the process's or Go runtime's last words
         c.ENGINE_DEAD,
         ("segmentation fault", "core dumped", "sigabrt", "sigsegv", "sigill", "sigbus"),
