@@ -175,6 +175,17 @@ CONFIG_RULES: tuple[Rule, ...] = (
         OLLAMA,
         tier=CONTEXT,
     ),
+    Rule(  # Ollama found a GPU but no usable driver for it, and runs on the CPU
+        c.UNSUPPORTED_GPU,
+        ("nvidia driver is too old or missing",),
+        rx(r"your nvidia driver is too old or missing"),
+        fixed(
+            "the NVIDIA driver is too old or missing, so Ollama cannot use the GPU: install a "
+            "current driver (nvidia-smi shows the version)"
+        ),
+        OLLAMA,
+        tier=CONTEXT,
+    ),
     Rule(
         c.MODEL_ACCESS_DENIED,
         ("gated repo", "is restricted", "401 client error"),

@@ -256,6 +256,17 @@ PROCESS_RULES: tuple[Rule, ...] = (
             "file this engine version does not handle; upgrade it or try another quantization"
         ),
     ),
+    Rule(  # tensor parallelism: the GPUs could not talk to each other
+        c.ENGINE_DEAD,
+        ("nccl error",),
+        rx(r"NCCL error: (?P<what>[\w ]+)"),
+        lambda found: (
+            f"NCCL, which links the GPUs, failed ({found.text('what').strip()}): in a container "
+            "use --ipc=host or a larger --shm-size; try NCCL_P2P_DISABLE=1; NCCL_DEBUG=INFO in the "
+            "service's env says more"
+        ),
+        VLLM,
+    ),
     Rule(  # CUDA errors other than out-of-memory (that one is cuda_oom, which ranks higher)
         c.ENGINE_DEAD,
         ("cuda error",),
