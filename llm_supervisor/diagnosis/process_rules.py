@@ -262,8 +262,8 @@ PROCESS_RULES: tuple[Rule, ...] = (
         rx(r"NCCL error: (?P<what>[\w ]+)"),
         lambda found: (
             f"NCCL, which links the GPUs, failed ({found.text('what').strip()}): in a container "
-            "use --ipc=host or a larger --shm-size; try NCCL_P2P_DISABLE=1; NCCL_DEBUG=INFO in the "
-            "service's env says more"
+            "use --ipc=host or a larger --shm-size; try setting NCCL_P2P_DISABLE; "
+            "NCCL_DEBUG=INFO in the service's env says more"
         ),
         VLLM,
     ),
