@@ -27,7 +27,8 @@ MIN_ACCURACY = 0.95
 # A finer cause counts when the label names its family: a gated repo is a model that cannot
 # be fetched, and Hugging Face answers 401 both for gated repos and misspelled ids.
 FAMILY = {"model_access_denied": "model_not_found"}
-_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+# A number on its own, not the digits of a name such as NCCL_P2P_DISABLE or gfx803.
+_NUMBER = re.compile(r"(?<![A-Za-z_\d.])\d+(?:\.\d+)?")
 
 
 def _family(cause: str) -> str:
