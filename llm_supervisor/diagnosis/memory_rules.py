@@ -98,13 +98,38 @@ def _host_oom_hint(found: Found) -> str:
 
 
 _VLLM_OOM, _OLLAMA_OOM = (
-    "the GPU ran out of memory: lower gpu-memory-utilization, max-model-len or max-num-seqs, "
-    "and check that no other process holds GPU memory (llm-supervisor gpus)",
-    "the GPU ran out of memory: lower num_ctx or OLLAMA_NUM_PARALLEL, unload other models, "
-    "and check that no other process holds GPU memory (llm-supervisor gpus)",
+    "lower gpu-memory-utilization, max-model-len or max-num-seqs, and check that no other "
+    "process holds GPU memory (llm-supervisor gpus)",
+    "lower num_ctx or OLLAMA_NUM_PARALLEL, unload other models, and check that no other "
+    "process holds GPU memory (llm-supervisor gpus)",
 )
-_CUDA_OOM = by_engine(_VLLM_OOM, _OLLAMA_OOM)
-_GGML_OOM = by_engine(_VLLM_OOM, _OLLAMA_OOM, default="ollama")
+_CUDA_OOM_ADVICE = by_engine(_VLLM_OOM, _OLLAMA_OOM)
+_GGML_OOM_ADVICE = by_engine(_VLLM_OOM, _OLLAMA_OOM, default="ollama")
+
+
+def _oom_numbers(found: Found) -> str:
+    """What the allocator said it wanted and had, as a prefix for the advice."""
+    numbers = found.numbers
+    if "buffer_bytes" in numbers:
+        numbers["buffer_gib"] = round(numbers["buffer_bytes"] / 2**30, 3)
+    wanted = numbers.get("tried_alloc_gib", numbers.get("alloc_gib", numbers.get("buffer_gib")))
+    free, total = numbers.get("gpu_free_gib"), numbers.get("gpu_total_gib")
+    device = found.text("gpu") or found.text("device")
+    where = f"GPU {device}" if device else "the GPU"
+    if wanted is not None and free is not None and total:
+        asked = f"{free:g} of {total:g} GiB free, {wanted:g} GiB more asked"
+        return f"{where} ran out of memory ({asked}): "
+    if wanted is not None:
+        return f"{where} ran out of memory ({wanted:g} GiB could not be allocated): "
+    return "the GPU ran out of memory: "
+
+
+def _cuda_oom_hint(found: Found) -> str:
+    return _oom_numbers(found) + _CUDA_OOM_ADVICE(found)
+
+
+def _ggml_oom_hint(found: Found) -> str:
+    return _oom_numbers(found) + _GGML_OOM_ADVICE(found)
 
 
 MEMORY_RULES: tuple[Rule, ...] = (
@@ -195,7 +220,7 @@ MEMORY_RULES: tuple[Rule, ...] = (
             r" GPU (?P<gpu>\d+) has a total capacity of (?P<gpu_total_gib__size>[\d.]+ [KMG]iB)"
             r" of which (?P<gpu_free_gib__size>[\d.]+ [KMG]iB) is free"
         ),
-        _CUDA_OOM,
+        _cuda_oom_hint,
     ),
     Rule(
         c.CUDA_OOM,
@@ -204,7 +229,7 @@ MEMORY_RULES: tuple[Rule, ...] = (
             r"OutOfMemoryError|CUDA error: out of memory|CUDA out of memory|HIP out of memory"
             r"|cudaErrorMemoryAllocation"
         ),
-        _CUDA_OOM,
+        _cuda_oom_hint,
     ),
     Rule(
         c.CUDA_OOM,
@@ -217,10 +242,13 @@ MEMORY_RULES: tuple[Rule, ...] = (
         ),
         rx(
             # llama.cpp's allocator, as Ollama's runner prints it
-            r"cudaMalloc failed|hipMalloc failed|out of device memory"
+            r"allocating (?P<alloc_gib__size>[\d.]+ [KMG]iB) on device (?P<device>\d+):"
+            r" (?:cuda|hip)Malloc failed"
+            r"|cudaMalloc failed|hipMalloc failed|out of device memory"
             r"|(?:unable|failed) to allocate (?:CUDA|ROCm|Metal)\d* buffer"
+            r"(?: of size (?P<buffer_bytes>\d+))?"
         ),
-        _GGML_OOM,
+        _ggml_oom_hint,
     ),
     Rule(
         c.HOST_OOM,
