@@ -53,7 +53,7 @@ def diagnose(text: str, engine: str | None = None) -> Diagnosis:
     rules, any_needle = _rules_for(_known_engine(engine))
     best: tuple[tuple[tuple[int, int], bool, int, int], Rule, Found, str] | None = None
     for index, raw in enumerate(_LINES.split(text)):
-        line = _ANSI.sub("", raw).strip()
+        line = (_ANSI.sub("", raw) if "\x1b" in raw else raw).strip()
         lowered = line.lower()
         if not any_needle.search(lowered):
             continue
