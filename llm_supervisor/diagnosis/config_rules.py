@@ -129,10 +129,12 @@ CONFIG_RULES: tuple[Rule, ...] = (
     ),
     Rule(
         c.UNSUPPORTED_GPU,
-        ("no kernel image is available", "compute capability below"),
+        ("no kernel image is available", "compute capability below", "invalid device function"),
         rx(
             r"no kernel image is available for execution on the device|GPUs with compute"
             r" capability below [\d.]+ are not supported"
+            # ROCm's (and CUDA's) words when a kernel was not built for this GPU's architecture
+            r"|(?:HIP|CUDA) error: invalid device function"
         ),
         fixed(
             "this engine build has no kernels for this GPU's architecture: install a build "

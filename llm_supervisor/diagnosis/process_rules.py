@@ -178,11 +178,12 @@ PROCESS_RULES: tuple[Rule, ...] = (
     ),
     Rule(
         c.ENGINE_DEAD,
-        ("terminated", "no longer running"),
+        ("terminated", "no longer running", "exited", "failed to start a llama runner"),
         rx(
-            r"(?:llama runner|llama-server) (?:process )?(?:has )?terminated"
-            r"(?:[:,]? (?:error=\\?\"?)?exit status (?P<exit_status>\w+))?"
+            r"(?:llama runner|llama-server) (?:process )?(?:has )?(?:terminated|exited)"
+            r"(?:[:,]? (?:with )?(?:error=\\?\"?|error: )?exit status (?P<exit_status>\w+))?"
             r"|llama runner process no longer running: (?P<exit_code>-?\d+)"
+            r"|failed to start a llama runner"
         ),
         fixed(_OLLAMA_DEAD),
         OLLAMA,
