@@ -145,7 +145,7 @@ CONFIG_RULES: tuple[Rule, ...] = (
         c.UNSUPPORTED_GPU,
         ("too old to be supported",),
         rx(
-            r"Found (?P<gpu>.+?) which is too old to be supported by the triton GPU compiler"
+            r"Found (?P<gpu>.+?) which is too old to be supported(?: by the triton GPU compiler)?"
             r"(?:.*?Capability >= (?P<min_capability>\d+(?:\.\d+)?))?"
             r"(?:.*?your device is of CUDA capability (?P<capability>\d+(?:\.\d+)?))?"
         ),
