@@ -361,6 +361,19 @@ CONFIG_RULES: tuple[Rule, ...] = (
         ),
         VLLM,
     ),
+    Rule(  # before the generic "Value error" below: same line, this one says what to set
+        c.INVALID_ARGUMENT,
+        ("is not supported for quantization method",),
+        rx(
+            r"(?P<dtype>torch\.\w+) is not supported for quantization method (?P<method>[\w-]+)\."
+            r" Supported dtypes: \[(?P<supported>[^\]]*)\]"
+        ),
+        lambda found: (
+            f"quantization {found.text('method')} cannot run in {found.text('dtype')}: set dtype "
+            f"to one of [{found.text('supported')}] in the service's args"
+        ),
+        VLLM,
+    ),
     Rule(
         c.INVALID_ARGUMENT,
         ("value error,",),
