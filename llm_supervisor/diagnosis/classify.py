@@ -5,7 +5,8 @@ traceback of the engine-core process, then the API server's own traceback, pydan
 "Value error" wrapping and shutdown noise. So every line of the given text is scanned; a
 line naming a root cause beats one that only gives context, which beats a wrapper that
 only says something died (``Rule.tier``); among those the most specific cause wins (the
-order of ``CAUSES``), then the line that yields more numbers, then the later line.
+order of ``CAUSES``), then the line that says more (more named parts of its pattern
+matched: numbers, a model name, a reason), then the later line.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def diagnose(text: str, engine: str | None = None) -> Diagnosis:
             if found is None:
                 continue
             tier, order = rule.priority
-            rank = ((-tier, -order), not _SOURCE_LINE.search(line), len(found.numbers), index)
+            said = sum(value is not None for value in found.match.groupdict().values())
+            rank = ((-tier, -order), not _SOURCE_LINE.search(line), said, index)
             if best is None or rank > best[0]:
                 best = (rank, rule, found, line)
     if best is None:

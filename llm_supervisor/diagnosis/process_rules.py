@@ -50,6 +50,13 @@ _OLLAMA_DEAD = "the llama runner died while loading or serving; see the lines ab
 _DEAD = by_engine(_VLLM_DEAD, _OLLAMA_DEAD)
 
 
+def _runner_dead_hint(found: Found) -> str:
+    reason = found.text("reason").strip()
+    if not reason:
+        return _OLLAMA_DEAD
+    return f"the llama runner died ({reason[:160]}); see the lines above this one"
+
+
 PROCESS_RULES: tuple[Rule, ...] = (
     Rule(
         c.PORT_IN_USE,
@@ -182,10 +189,11 @@ PROCESS_RULES: tuple[Rule, ...] = (
         rx(
             r"(?:llama runner|llama-server) (?:process )?(?:has )?(?:terminated|exited)"
             r"(?:[:,]? (?:with )?(?:error=\\?\"?|error: )?exit status (?P<exit_status>\w+))?"
+            r"(?:[: ]+error: ?(?P<reason>[^\"\\]+))?"
             r"|llama runner process no longer running: (?P<exit_code>-?\d+)"
             r"|failed to start a llama runner"
         ),
-        fixed(_OLLAMA_DEAD),
+        _runner_dead_hint,
         OLLAMA,
         tier=WRAPPER,
     ),
