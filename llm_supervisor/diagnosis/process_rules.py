@@ -189,7 +189,8 @@ PROCESS_RULES: tuple[Rule, ...] = (
         rx(
             r"(?:llama runner|llama-server) (?:process )?(?:has )?(?:terminated|exited)"
             r"(?:[:,]? (?:with )?(?:error=\\?\"?|error: )?exit status (?P<exit_status>\w+))?"
-            r"(?:[: ]+error: ?(?P<reason>[^\"\\]+))?"
+            # up to the quote that closes Go's error="..." (escaped as \" inside JSON-ish logs)
+            r"(?:[: ]+error: ?(?P<reason>(?:[^\"\\]|\\(?!\"))+))?"
             r"|llama runner process no longer running: (?P<exit_code>-?\d+)"
             r"|failed to start a llama runner"
         ),
