@@ -143,3 +143,9 @@ def test_readme_lists_every_cause() -> None:
         line.split("|")[1].strip(" `") for line in section.splitlines() if line.startswith("| `")
     }
     assert rows == set(CAUSES)
+
+
+def test_colour_codes_inside_a_message_do_not_hide_it() -> None:
+    # The whole-text pre-filter must see the message the per-line matcher sees.
+    text = "INFO ok\nOSError: [Errno 98] \x1b[1mAddress\x1b[0m already in use\n"
+    assert diagnose(text).cause == "port_in_use"
