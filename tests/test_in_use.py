@@ -19,9 +19,13 @@ import httpx
 import pytest
 
 from llm_supervisor.config.models import Config, Policy
+from llm_supervisor.engines.base import make_prober
 from llm_supervisor.gateway.app import Gateway
+from llm_supervisor.process.registry import GroupRegistry
 from llm_supervisor.reload.reloader import Reloader
+from llm_supervisor.service.deps import ServiceDeps
 from llm_supervisor.service.manager import Manager
+from llm_supervisor.service.service import Service
 from llm_supervisor.service.states import State
 from llm_supervisor.service.usage import Usage
 
@@ -106,10 +110,22 @@ async def test_idle_stop_spares_a_service_that_got_a_request_meanwhile(
     assert manager.get("a").usage().stopped_idle
 
 
-async def test_stop_if_idle_counts_from_the_last_use(manager_factory: Any) -> None:
+@pytest.fixture
+async def clocked_service(state_dir: Path, tmp_path: Path) -> AsyncIterator[Any]:
+    """One Service on a clock the test moves (``now[0]``)."""
     now = [1000.0]
-    manager = manager_factory(fake_service("a"), clock=lambda: now[0])
-    service = manager.get("a")
+    prober = make_prober()
+    deps = ServiceDeps(
+        http=prober, registry=GroupRegistry(state_dir), log_dir=tmp_path, clock=lambda: now[0]
+    )
+    service = Service(fake_service("a"), deps)
+    yield service, now
+    await service.stop("test over")
+    await prober.close()
+
+
+async def test_stop_if_idle_counts_from_the_last_use(clocked_service: Any) -> None:
+    service, now = clocked_service
     await service.start()  # ready at 1000: never used, so idle from then
     assert not await service.stop_if_idle(600)
     now[0] += 500
