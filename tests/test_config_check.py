@@ -68,8 +68,8 @@ CASES: dict[str, Case] = {
         "gpu0.yaml", 6, "services.a.port", "expected an integer, got 'eighty'",
     ),
     "wrong_type_vllm_arg": Case(
-        {"gpu0.yaml": VLLM + "    args:\n      max-model-len: 8k\n"},
-        "gpu0.yaml", 8, "services.a.args.max-model-len", "expected an integer, got '8k'",
+        {"gpu0.yaml": VLLM + "    args:\n      max-model-len: 8kb\n"},
+        "gpu0.yaml", 8, "services.a.args.max-model-len", "expected a positive integer",
     ),
     "wrong_type_models_not_a_list": Case(
         {"gpu0.yaml": OLLAMA.replace("[big]", "big")},

@@ -48,7 +48,7 @@ class DaemonBackend:
         reloader = self.daemon.reloader
         assert reloader is not None
         if dry_run:
-            return reloader.dry_run()
+            return await reloader.dry_run()
         future = reloader.request()
         if not wait:
             return {"result": "queued", "errors": [], "changes": {}}

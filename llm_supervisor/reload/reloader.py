@@ -129,9 +129,9 @@ class Reloader:
                 result = {"result": "rejected", "errors": [repr(exc)], "changes": {}}
             _resolve(waiters, result)
 
-    def dry_run(self) -> dict[str, Any]:
+    async def dry_run(self) -> dict[str, Any]:
         try:
-            new = self.load()
+            new = await asyncio.to_thread(self.load)
         except ConfigError as exc:
             return {"result": "rejected", "errors": _errors(exc), "changes": {}}
         diff = diff_configs(self.manager.config, keep_rollbacks(new, self._rolled_back)[0])
@@ -169,7 +169,9 @@ class Reloader:
         while time.monotonic() < deadline:
             before = fingerprint(self.config_dir)
             try:
-                config: Config | None = self.load()
+                # Off the event loop: a big file takes a while to parse (a 1 MiB profile
+                # ~0.5 s) and the gateway must keep answering meanwhile.
+                config: Config | None = await asyncio.to_thread(self.load)
                 error: ConfigError | None = None
             except ConfigError as exc:
                 config, error = None, exc
