@@ -37,12 +37,21 @@ class DaemonBackend:
 
     async def start(self, name: str, wait: bool) -> None:
         await self.manager.get(name).start(wait=wait)
+        if wait:
+            await self._pins_loaded(name)
 
     async def stop(self, name: str) -> None:
         await self.manager.get(name).stop("requested")
 
     async def restart(self, name: str, wait: bool) -> None:
         await self.manager.get(name).restart("requested", wait=wait)
+        if wait:
+            await self._pins_loaded(name)
+
+    async def _pins_loaded(self, name: str) -> None:
+        """``--wait`` on an Ollama service ends once the pins its ready started are loaded."""
+        if self.daemon.gateway is not None:
+            await self.daemon.gateway.pins.wait_loaded(name)
 
     async def reload(self, wait: bool, dry_run: bool) -> dict[str, Any]:
         reloader = self.daemon.reloader

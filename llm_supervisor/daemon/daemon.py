@@ -144,6 +144,7 @@ class Daemon:
         if self.options.gateway is not None:
             gateway = self.gateway = Gateway(self.backend)
             self.placement.on_critical = lambda event: relieve(gateway, self.manager.config, event)
+            self.manager.listeners.append(gateway.pins.on_state)  # pins load at ready
         busy = self._busy
         self.placement.busy = busy
         self.reloader = Reloader(
