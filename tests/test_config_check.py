@@ -421,6 +421,17 @@ def test_subprocess_check_accepts_shipped_profiles() -> None:
     profiles = Path(__file__).resolve().parent.parent / "profiles"
     result = run_cli("check", "--config-dir", str(profiles))
     assert result.returncode == 0, result.stderr
-    # No warnings; at most the note that this machine has no GPU telemetry.
-    assert [ln for ln in result.stderr.splitlines() if not ln.startswith("note:")] == []
+    # No warnings, and no note about GPU telemetry unless asked (--verbose).
+    assert result.stderr == ""
     assert "ok (2 services)" in result.stdout
+
+
+def test_check_says_why_gpu_facts_were_not_checked_only_when_verbose(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config_dir = write_dir(tmp_path / "conf", {"gpu0.yaml": VLLM})
+    assert main(["check", "--no-gpus", "--config-dir", str(config_dir)]) == 0
+    assert capsys.readouterr().err == ""
+    assert main(["check", "--no-gpus", "-v", "--config-dir", str(config_dir)]) == 0
+    err = capsys.readouterr().err
+    assert "note: not asked (--no-gpus); GPU existence and memory budgets not checked" in err
