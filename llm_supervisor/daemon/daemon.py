@@ -16,8 +16,9 @@ from typing import Any
 
 from ..config.load import load_config
 from ..config.models import Config
+from ..config.offload import load_config_off_loop
 from ..control.server import serve_control
-from ..errors import SupervisorError
+from ..errors import ConfigIssue, SupervisorError
 from ..gateway.app import Gateway
 from ..gateway.relief import relieve
 from ..gpu.fake import make_backend
@@ -79,6 +80,14 @@ class Daemon:
 
     def load(self) -> Config:
         config, warnings = load_config(self.options.config_dir, self.placement.totals())
+        return self._warned(config, warnings)
+
+    async def load_off_loop(self) -> Config:
+        """For reloads: the event loop keeps serving while a big file parses."""
+        loaded = await load_config_off_loop(self.options.config_dir, self.placement.totals())
+        return self._warned(*loaded)
+
+    def _warned(self, config: Config, warnings: list[ConfigIssue]) -> Config:
         for issue in warnings:
             log.warning("config.warning", issue=issue.format())
         return config
@@ -148,7 +157,8 @@ class Daemon:
         busy = self._busy
         self.placement.busy = busy
         self.reloader = Reloader(
-            self.options.config_dir, self.manager, self.load, busy=busy,
+            self.options.config_dir, self.manager, self.load, load_async=self.load_off_loop,
+            busy=busy,
             on_reloading=self.notifier.reloading,
             on_done=lambda record: self.notifier.ready(),
         )  # fmt: skip

@@ -7,7 +7,7 @@ import contextlib
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,7 @@ class Reloader:
         manager: Manager,
         load: Callable[[], Config],
         *,
+        load_async: Callable[[], Awaitable[Config]] | None = None,
         busy: Callable[[str], bool] = lambda name: False,
         drain_timeout: float = 30.0,
         on_reloading: Callable[[], object] = lambda: None,
@@ -64,6 +65,9 @@ class Reloader:
         self.config_dir = config_dir
         self.manager = manager
         self.load = load
+        # Off the event loop: a big file takes a while to parse (a 1 MiB profile ~0.5 s)
+        # and the gateway must keep answering meanwhile.
+        self.load_async = load_async or (lambda: asyncio.to_thread(load))
         self.busy = busy
         self.drain_timeout = drain_timeout
         self.on_reloading = on_reloading
@@ -131,7 +135,7 @@ class Reloader:
 
     async def dry_run(self) -> dict[str, Any]:
         try:
-            new = await asyncio.to_thread(self.load)
+            new = await self.load_async()
         except ConfigError as exc:
             return {"result": "rejected", "errors": _errors(exc), "changes": {}}
         diff = diff_configs(self.manager.config, keep_rollbacks(new, self._rolled_back)[0])
@@ -169,9 +173,7 @@ class Reloader:
         while time.monotonic() < deadline:
             before = fingerprint(self.config_dir)
             try:
-                # Off the event loop: a big file takes a while to parse (a 1 MiB profile
-                # ~0.5 s) and the gateway must keep answering meanwhile.
-                config: Config | None = await asyncio.to_thread(self.load)
+                config: Config | None = await self.load_async()
                 error: ConfigError | None = None
             except ConfigError as exc:
                 config, error = None, exc
