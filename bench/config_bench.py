@@ -162,11 +162,11 @@ def main() -> int:
         print(json.dumps(results, indent=2))
         return 0
     c = results["check"]
+    cpu, cli = c["load_config_cpu_s"], c["check_cli_wall_s"]
     print(
         f"check, {c['file_bytes']} bytes, {c['services']} services: load_config "
-        f"{c['load_config_cpu_s']['best']:.2f} s CPU (median {c['load_config_cpu_s']['median']:.2f}),"
-        f" CLI {c['check_cli_wall_s']['best']:.2f} s wall (median "
-        f"{c['check_cli_wall_s']['median']:.2f}), peak RSS {c['check_cli_peak_rss_mib']} MiB"
+        f"{cpu['best']:.2f} s CPU (median {cpu['median']:.2f}), CLI {cli['best']:.2f} s wall "
+        f"(median {cli['median']:.2f}), peak RSS {c['check_cli_peak_rss_mib']} MiB"
     )
     for r in results["reload"]:
         b, d = r["baseline"], r["during"]
