@@ -55,6 +55,7 @@ class Yaml11Float(Yaml11Number, float):
 
 
 _INT_TAG, _FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_STR_TAG = "tag:yaml.org,2002:str"
 _OCTAL = re.compile(r"[-+]?0[0-7_]+")
 _SEXAGESIMAL = re.compile(r"[-+]?[0-9][0-9_]*(:[0-5]?[0-9])+(\.[0-9_]*)?")
 
@@ -205,6 +206,8 @@ class _Builder:
     def _scalar(self, node: yaml.ScalarNode, path: Path) -> Any:
         # The tag's constructor directly: construct_object's bookkeeping (for recursive
         # collections) costs more than the constructor itself, and scalars cannot recurse.
+        if node.tag == _STR_TAG:  # most values; what its constructor would return
+            return node.value
         constructor = self.loader.yaml_constructors.get(node.tag)
         try:
             if constructor is None:  # unknown tags: let PyYAML raise its usual error
