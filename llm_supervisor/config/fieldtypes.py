@@ -81,7 +81,7 @@ def _port(value: object) -> object:
     return value
 
 
-Port = Annotated[int, BeforeValidator(_port), Field(ge=1, le=65535)]
+Port = Annotated[int, Field(ge=1, le=65535), BeforeValidator(_port)]
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kib|mib|gib|tib|kb|mb|gb|tb)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {
