@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..config.models import Config, ServiceConfig
+from ..config.vllmargs import respell
 from ..errors import AdmissionError
 from ..logsetup import get_logger
 from .admission import Admit, Evict, EvictionCandidate, decide_admission, need_for
@@ -74,9 +75,10 @@ class Placement:
             if isinstance(verdict, Admit):
                 return
             if not isinstance(verdict, Evict):
+                hint = "stop a service on that GPU or lower gpu-memory-utilization"
                 raise AdmissionError(
                     service.name, verdict.message, cause="insufficient_free_memory",
-                    hint="stop a service on that GPU or lower gpu-memory-utilization",
+                    hint=respell(hint, service.config.spec.args),  # as the profile spells it
                 )  # fmt: skip
             await self._evict(service, verdict)
         raise AdmissionError(service.name, "GPU memory still short after evicting idle services")
