@@ -103,6 +103,11 @@ YAML11_NUMBERS: dict[str, Case] = {
         {"gpu0.yaml": VLLM, "policy.yaml": "keep_alive: {default: 0600}\n"}, "policy.yaml", 1,
         "keep_alive.default", "got 0600, which YAML 1.1 reads as the octal number 384",
     ),
+    "octal_env_value": Case(
+        {"gpu0.yaml": VLLM + "    env: {UMASK: 0022}\n"}, "gpu0.yaml", 7, "services.a.env.UMASK",
+        "expected a string, got 0022, which YAML 1.1 reads as the octal number 18; "
+        "write '0022' (quoted, as the text you mean)",
+    ),
     "octal_size": Case(
         {"gpu0.yaml": OLLAMA + "    vram: 040\n"}, "gpu0.yaml", 7, "services.o.vram",
         "expected a size such as 24GiB, got 040, which YAML 1.1 reads as the octal number 32",

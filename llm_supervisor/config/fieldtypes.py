@@ -195,7 +195,9 @@ ArgValue = Annotated[
 
 
 def _env_value(value: object) -> object:
-    # Integers are unambiguous (CUDA_DEVICE_ORDER: 0); booleans and floats are YAML surprises.
+    # Integers are unambiguous (CUDA_DEVICE_ORDER: 0); booleans and floats are YAML surprises,
+    # and so are octal and base-60 forms (UMASK: 0022 would become "18").
+    yaml11_trap(value, "a string", "'{raw}' (quoted, as the text you mean)")
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if isinstance(value, bool):
