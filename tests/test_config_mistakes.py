@@ -108,6 +108,11 @@ YAML11_NUMBERS: dict[str, Case] = {
         "expected a string, got 0022, which YAML 1.1 reads as the octal number 18; "
         "write '0022' (quoted, as the text you mean)",
     ),
+    "octal_engine_flag": Case(
+        _args("max-num-seqs: 0123"), "gpu0.yaml", 7, "services.a.args.max-num-seqs",
+        "expected a flag value, got 0123, which YAML 1.1 reads as the octal number 83; "
+        "write 123, or '0123' (quoted) to pass it as written",
+    ),
     "octal_size": Case(
         {"gpu0.yaml": OLLAMA + "    vram: 040\n"}, "gpu0.yaml", 7, "services.o.vram",
         "expected a size such as 24GiB, got 040, which YAML 1.1 reads as the octal number 32",

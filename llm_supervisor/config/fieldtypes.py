@@ -186,6 +186,8 @@ def _arg_value(value: object) -> object:
             )
         if isinstance(item, bool | None) and isinstance(value, list):
             raise ValueError(f"list items must be strings or numbers, got {item!r}")
+        # --max-num-seqs 0123 would reach the engine as 83
+        yaml11_trap(item, "a flag value", "{digits}, or '{raw}' (quoted) to pass it as written")
     return value
 
 
