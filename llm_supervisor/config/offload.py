@@ -23,6 +23,7 @@ from typing import Any
 from ..errors import ConfigError, ConfigIssue
 from .load import config_files, load_config
 from .models import Config
+from .yamlload import gc_paused
 
 OFFLOAD_BYTES = 256 * 1024  # at this size a parse holds the GIL for ~0.1 s
 CHILD_TIMEOUT = 120.0
@@ -71,11 +72,16 @@ async def _in_child(
         tail = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
         reason = f"the config loader process failed (exit {proc.returncode}): {tail[0]}"
         raise ConfigError([ConfigIssue(str(config_dir), 0, 0, "", reason)])
-    kind, payload = await asyncio.to_thread(pickle.loads, out)
+    kind, payload = await asyncio.to_thread(_loads, out)
     if kind == "error":
         raise ConfigError(payload)
     config, warnings = payload
     return config, warnings
+
+
+def _loads(data: bytes) -> Any:
+    with gc_paused():  # see gc_paused: ~10^5 new objects, none of them garbage yet
+        return pickle.loads(data)
 
 
 def _child() -> None:

@@ -112,7 +112,7 @@ def _mark(node: yaml.Node) -> Mark:
 
 def load_yaml(text: str) -> LoadedYaml:
     """Parse one YAML document; raise YamlSyntaxError with a position on any problem."""
-    with _gc_paused():
+    with gc_paused():
         if _FastLoader is not _StrictLoader:
             try:
                 return _load_with(_FastLoader, text)
@@ -126,7 +126,7 @@ class _ParserError(YamlSyntaxError):
 
 
 @contextmanager
-def _gc_paused() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
     """Parsing allocates ~10^5 acyclic objects per MiB; the cycle collector, triggered every
     700 allocations, rescans them again and again and takes 3/4 of the time. Nothing built
     here is garbage until the parse ends, so collecting during it only costs."""

@@ -47,6 +47,9 @@ class ReloadRecord:
         }  # fmt: skip
 
 
+ADD_BATCH = 50  # services added between two yields to the event loop (~5 ms)
+
+
 class Reloader:
     """Coalesces reload requests; one reload runs at a time and serves every waiter."""
 
@@ -227,8 +230,10 @@ class Reloader:
         for name in diff.updated:
             self.manager.get(name).update_live(new.services[name])
         await _all(self._relaunch(name, old.services[name], new) for name in diff.restarted)
-        for name in diff.added:
+        for count, name in enumerate(diff.added, 1):
             await self.manager.add_service(new.services[name])
+            if count % ADD_BATCH == 0:
+                await asyncio.sleep(0)  # a file of thousands: let the gateway answer meanwhile
 
     async def _remove(self, name: str) -> None:
         self._end_rollback(name)
