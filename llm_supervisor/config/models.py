@@ -6,6 +6,7 @@ what the hot-reload diff relies on.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -51,7 +52,8 @@ class HealthSpec(Strict):
 
     @model_validator(mode="after")
     def _probe_timing(self) -> HealthSpec:
-        # A probe every 0 s spins; one that may take longer than the period overlaps the next.
+        # A probe every 0 s spins, a forever one never runs; a probe allowed to outlast the
+        # period makes the period meaningless (a hang would be noticed after timeouts).
         for key, value in (("interval", self.interval), ("timeout", self.timeout)):
             if not 0 < value < FOREVER:
                 msg = f"expected a duration above 0 and below forever, e.g. 10s, got {_dur(value)}"
@@ -165,31 +167,33 @@ class ProfileFile(Strict):
 
     @model_validator(mode="after")
     def _parallel_fits(self) -> ProfileFile:
-        if self.gpus:  # cpu: no GPU list to compare with
-            for name, spec in self.services.items():
-                problem = _parallel_problem(spec.args, len(self.gpus))
-                if spec.engine == "vllm" and problem:
-                    raise LocatedValueError(("services", name, "args", problem[0]), problem[1])
+        if not self.gpus:  # cpu: no GPU list to compare with
+            return self
+        for name, spec in self.services.items():
+            problem = (
+                _parallel_problem(spec.args, len(self.gpus)) if spec.engine == "vllm" else None
+            )
+            if problem:
+                raise LocatedValueError(("services", name, "args", problem[0]), problem[1])
         return self
 
 
 def _parallel_problem(args: dict[str, ArgValue], gpus: int) -> tuple[str, str] | None:
     """vLLM runs one rank per GPU: tensor-parallel-size times pipeline-parallel-size."""
-    ranks, key, where = 1, "", ""
+    sizes: list[tuple[str, int]] = []  # (key as written, size)
     for flag in ("tensor-parallel-size", "pipeline-parallel-size"):
-        size = vllmargs.int_value(args, flag)
-        found = vllmargs.lookup(args, flag)
-        if size and size > 1 and found:
-            ranks *= size
-            where = (where or "") + (" times " if where else "") + f"{found[0]} {size}"
-            key = found[0]
+        found, size = vllmargs.lookup(args, flag), vllmargs.int_value(args, flag)
+        if found and size and size > 1:
+            sizes.append((found[0], size))
+    ranks = math.prod(size for _, size in sizes)
     if ranks <= gpus:
         return None
+    what = " times ".join(f"{key} {size}" for key, size in sizes)
     msg = (
-        f"{where} needs {ranks} GPUs, but this profile's gpu: lists {gpus}; "
+        f"{what} needs {ranks} GPUs, but this profile's gpu: lists {gpus}; "
         f"allowed: 1 to {gpus} (or list more GPUs in gpu:)"
     )
-    return key, msg
+    return sizes[-1][0], msg
 
 
 class KeepAliveRule(Strict):
