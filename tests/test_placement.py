@@ -112,6 +112,20 @@ async def test_refuses_with_numbers_when_holder_is_pinned(placed: Any, pin: str)
     assert manager.get("big").state is State.READY
 
 
+async def test_refusal_hint_spells_the_flag_as_the_profile_does(placed: Any) -> None:
+    pinned = on_gpu0(fake_service("big", model="big-model"), 40)
+    new = on_gpu0(fake_service("new", restart={"max_failures": 1}), 50)
+    args = {"gpu_memory_utilization": new.spec.args["gpu-memory-utilization"]}
+    new = new.model_copy(update={"spec": new.spec.model_copy(update={"args": args})})
+    manager, _ = placed(pinned, new, pin=["big-model"])
+    await manager.get("big").start()
+    with pytest.raises(StartFailedError) as info:
+        await manager.get("new").start()
+    assert info.value.cause == "insufficient_free_memory"
+    assert "51200 MiB" in manager.get("new").reason  # the budget read under either spelling
+    assert info.value.hint.endswith("or lower gpu_memory_utilization")
+
+
 async def test_cuda_visible_devices_uses_uuid(placed: Any) -> None:
     manager, placement = placed(on_gpu0(fake_service("a"), 10))
     await placement.refresh()

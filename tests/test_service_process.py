@@ -186,3 +186,19 @@ async def test_missing_executable_is_diagnosed(manager_factory: Any) -> None:
         await manager.get("a").start()
     assert info.value.cause == "executable_missing"
     assert "/nonexistent/bin/vllm" in manager.get("a").reason
+
+
+async def test_crash_hint_spells_flags_as_the_profile_does(manager_factory: Any) -> None:
+    # vLLM's message; the hint names max-model-len, the profile wrote max_model_len.
+    line = (
+        "ValueError: The model's max seq len (32768) is larger than the maximum number of "
+        "tokens that can be stored in KV cache (5632)."
+    )
+    args = {"max_model_len": 32768, "gpu-memory-utilization": 0.5}
+    svc = fake_service("a", "--fail-with", line, args=args, restart={"max_failures": 1})
+    service = manager_factory(svc).get("a")
+    with pytest.raises(StartFailedError):
+        await service.start()
+    assert service.last_failure is not None
+    assert "set max_model_len to 5632 or lower" in service.last_failure.hint
+    assert "raise gpu-memory-utilization" in service.last_failure.hint

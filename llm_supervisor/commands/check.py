@@ -15,6 +15,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-gpus", dest="gpus", action="store_false",
         help="do not ask NVML (check without the GPUs' facts, as on a build machine)",
     )  # fmt: skip
+    parser.add_argument(
+        "-v", "--verbose", action="store_true",
+        help="also say when the GPUs' facts were not available (no driver, --no-gpus)",
+    )  # fmt: skip
 
 
 def gpu_totals() -> tuple[dict[int | str, int] | None, str | None]:
@@ -41,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     configure_logging("auto", "error")
     totals, unavailable = gpu_totals() if args.gpus else (None, "not asked (--no-gpus)")
-    if unavailable:
+    if unavailable and args.verbose:  # a build machine without a driver is normal
         print(f"note: {unavailable}; GPU existence and memory budgets not checked", file=sys.stderr)
     config, warnings = load_config(args.config_dir, totals)
     for issue in warnings:

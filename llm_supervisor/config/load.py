@@ -27,7 +27,8 @@ _M = TypeVar("_M", bound=BaseModel)
 
 POLICY_STEM = "policy"
 SUFFIXES = (".yaml", ".yml")
-MAX_FILE_BYTES = 4 * 2**20  # a profile is a few KiB; anything this big is not one
+# A profile is a few KiB. The cap bounds what a stray file can cost: 1 MiB parses in ~0.5 s.
+MAX_FILE_BYTES = 2**20
 
 
 @dataclass
@@ -119,7 +120,7 @@ def _load_files(paths: list[Path], collector: _Collector) -> _Loaded:
         name = str(path)
         is_policy = path.stem == POLICY_STEM
         loaded.profile_files += 0 if is_policy else 1
-        doc = _read(path, collector)
+        doc = _read(path, collector, empty_ok=is_policy)  # every policy key has a default
         if doc is None:
             continue
         if is_policy:
@@ -147,13 +148,16 @@ def _directory_checks(
         collector.error(str(config_dir), 0, 0, "", msg)
 
 
-def _read(path: Path, collector: _Collector) -> LoadedYaml | None:
+def _read(path: Path, collector: _Collector, *, empty_ok: bool = False) -> LoadedYaml | None:
     name = str(path)
     try:
-        if path.stat().st_size > MAX_FILE_BYTES:
-            collector.error(
-                name, 1, 1, "", f"larger than {MAX_FILE_BYTES >> 20} MiB; not a profile"
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            msg = (
+                f"file is {size / 2**20:.1f} MiB; a config file may be at most "
+                f"{MAX_FILE_BYTES >> 20} MiB (profiles are a few KiB): is this a profile?"
             )
+            collector.error(name, 1, 1, "", msg)
             return None
         raw = path.read_bytes()
     except OSError as exc:
@@ -176,6 +180,8 @@ def _read(path: Path, collector: _Collector) -> LoadedYaml | None:
         key = ".".join(str(part) for part in exc.path)
         collector.error(name, exc.mark.line, exc.mark.col, key, str(exc))
         return None
+    if doc.data is None and empty_ok:
+        doc.data = {}
     if doc.data is None:
         collector.error(name, 1, 1, "", "file is empty (or only comments); expected a mapping")
         return None

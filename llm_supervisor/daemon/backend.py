@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -25,12 +25,19 @@ class DaemonBackend:
     """The control API's ControlBackend (control/backend.py)."""
 
     def __init__(
-        self, manager: Manager, placement: Placement, reloader: Reloader, report: StatusReport
+        self,
+        manager: Manager,
+        placement: Placement,
+        reloader: Reloader,
+        report: StatusReport,
+        pins_loaded: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self._manager = manager
         self._placement = placement
         self._reloader = reloader
         self._report = report
+        # The gateway's PinReconciler.wait_loaded; None without a gateway (no pins then).
+        self._pins_loaded_hook = pins_loaded
 
     def status(self) -> dict[str, Any]:
         return self._report.document()
@@ -40,16 +47,25 @@ class DaemonBackend:
 
     async def start(self, name: str, wait: bool) -> None:
         await self._manager.get(name).start(wait=wait)
+        if wait:
+            await self._pins_loaded(name)
 
     async def stop(self, name: str) -> None:
         await self._manager.get(name).stop("requested")
 
     async def restart(self, name: str, wait: bool) -> None:
         await self._manager.get(name).restart("requested", wait=wait)
+        if wait:
+            await self._pins_loaded(name)
+
+    async def _pins_loaded(self, name: str) -> None:
+        """``--wait`` on an Ollama service ends once the pins its ready started are loaded."""
+        if self._pins_loaded_hook is not None:
+            await self._pins_loaded_hook(name)
 
     async def reload(self, wait: bool, dry_run: bool) -> dict[str, Any]:
         if dry_run:
-            return self._reloader.dry_run()
+            return await self._reloader.dry_run()
         future = self._reloader.request()
         if not wait:
             return {"result": "queued", "errors": [], "changes": {}}

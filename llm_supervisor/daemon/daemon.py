@@ -15,8 +15,9 @@ from typing import Any
 
 from ..config.load import load_config
 from ..config.models import Config
+from ..config.offload import load_config_off_loop
 from ..control.server import serve_control
-from ..errors import SupervisorError
+from ..errors import ConfigIssue, SupervisorError
 from ..gateway.app import Gateway
 from ..gateway.relief import relieve
 from ..gpu.fake import make_backend
@@ -76,6 +77,14 @@ class Daemon:
 
     def load(self) -> Config:
         config, warnings = load_config(self.options.config_dir, self.placement.totals())
+        return self._warned(config, warnings)
+
+    async def load_off_loop(self) -> Config:
+        """For reloads: the event loop keeps serving while a big file parses."""
+        loaded = await load_config_off_loop(self.options.config_dir, self.placement.totals())
+        return self._warned(*loaded)
+
+    def _warned(self, config: Config, warnings: list[ConfigIssue]) -> Config:
         for issue in warnings:
             log.warning("config.warning", issue=issue.format())
         return config
@@ -138,15 +147,19 @@ class Daemon:
         )
         if self.options.gateway is not None:
             self.gateway = Gateway(GatewayServices(self.manager))
+            self.manager.listeners.append(self.gateway.pins.on_state)  # pins load at ready
         self.reloader = Reloader(
-            self.options.config_dir, self.manager, self.load,
+            self.options.config_dir, self.manager, self.load, load_async=self.load_off_loop,
             on_reloading=self.notifier.reloading,
             on_done=lambda record: self.notifier.ready(),
         )  # fmt: skip
         self.report = StatusReport(
             self.facts, self.manager, self.placement, self.gateway, self.reloader
         )
-        self.backend = DaemonBackend(self.manager, self.placement, self.reloader, self.report)
+        self.backend = DaemonBackend(
+            self.manager, self.placement, self.reloader, self.report,
+            pins_loaded=self.gateway.pins.wait_loaded if self.gateway else None,
+        )  # fmt: skip
 
     def _publish_summary(self, *_: object) -> None:
         self.notifier.status(summary_line(self.manager))

@@ -287,6 +287,7 @@ class Gateway:
                 loop_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await loop_task
+            await self.pins.close()
             await self.client.close()
 
 

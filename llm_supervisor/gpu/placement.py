@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config.models import Config, Policy, ServiceConfig
+from ..config.vllmargs import respell
 from ..errors import AdmissionError
 from ..logsetup import get_logger
 from ..service.service import Service
@@ -85,9 +86,10 @@ class Placement:
             if isinstance(verdict, Admit):
                 return
             if not isinstance(verdict, Evict):
+                hint = "stop a service on that GPU or lower gpu-memory-utilization"
                 raise AdmissionError(
                     service.name, verdict.message, cause="insufficient_free_memory",
-                    hint="stop a service on that GPU or lower gpu-memory-utilization",
+                    hint=respell(hint, service.spec.args),  # as the profile spells it
                 )  # fmt: skip
             await self._evict(service, verdict)
         raise AdmissionError(service.name, "GPU memory still short after evicting idle services")

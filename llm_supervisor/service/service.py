@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config.models import ServiceConfig
+from ..config.vllmargs import respell
 from ..engines import engine_for
 from ..errors import PortInUseError, StartFailedError
 from ..logsetup import get_logger
@@ -494,13 +495,15 @@ class Service:
             from ..diagnosis import diagnose_exit
         except ImportError:
             return
+
         status = failure.status
         text = "\n".join(ln.text for ln in lines)[-64 * 1024 :]
         result = diagnose_exit(
             text, self.config.spec.engine, status.code if status else None,
             status.signal if status else None,
         )  # fmt: skip
-        failure.cause, failure.hint = result.cause, result.hint
+        # The hint names flags as vLLM documents them; say them as this profile spells them.
+        failure.cause, failure.hint = result.cause, respell(result.hint, self.config.spec.args)
 
     async def _forget_child(self, child: ChildProcess) -> None:
         gone = sorted(ref.pid for ref in child.known)
