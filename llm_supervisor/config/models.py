@@ -19,6 +19,7 @@ from .fieldtypes import GpuField as GpuField
 from .fieldtypes import LocatedValueError as LocatedValueError
 from .fieldtypes import ServiceName as ServiceName
 from .fieldtypes import parse_size as parse_size
+from .gatewaykeys import GatewayKeys
 
 
 class Strict(BaseModel):
@@ -194,6 +195,10 @@ class Policy(Strict):
     pressure: PressureSpec = Field(
         default=PressureSpec(), description="GPU memory pressure thresholds (fractions)."
     )
+    admin_routes: Literal["deny", "allow"] = Field(
+        default="deny",
+        description="Without gateway keys: allow /api/pull, /api/delete, /api/create … to anyone.",
+    )
     evict_idle: bool = Field(
         default=True,
         description="Admission may stop idle, non-pinned services on a full GPU to start another.",
@@ -215,3 +220,5 @@ class Config(Strict):
     services: dict[str, ServiceConfig] = Field(default_factory=dict)
     policy: Policy = Policy()
     policy_source: str | None = None
+    # The gateway's API keys (run --gateway-keys); None: the gateway is open.
+    gateway_keys: GatewayKeys | None = None

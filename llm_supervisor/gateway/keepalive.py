@@ -13,11 +13,12 @@ Ollama's semantics, read in ollama/ollama:
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from dataclasses import dataclass, replace
 from typing import cast
 
+from ..config.modelnames import canonical_model_name
+from ..config.modelnames import model_matches as model_matches
 from ..config.models import Policy
 from ..durations import FOREVER, format_duration, to_ollama_keep_alive
 
@@ -111,15 +112,8 @@ def parse_ollama_keep_alive(value: object) -> float | None:
     raise KeepAliveParseError(f"Unsupported type: '{kind}'")
 
 
-def canonical_model(name: str) -> str:
-    """Ollama treats ``llama3.2`` and ``llama3.2:latest`` as one model."""
-    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
-
-
-def model_matches(model: str, pattern: str) -> bool:
-    names = {model, canonical_model(model)}
-    patterns = {pattern, canonical_model(pattern)} if "*" not in pattern else {pattern}
-    return any(fnmatch.fnmatchcase(n, p) for n in names for p in patterns)
+# Ollama's name matching (case-insensitive, ``:latest`` implied); re-exported for callers.
+canonical_model = canonical_model_name
 
 
 def rule_for(model: str, policy: Policy) -> tuple[str, float]:
