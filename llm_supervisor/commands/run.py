@@ -50,6 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--gateway", type=parse_hostport, default=("127.0.0.1", 11434),
         help="HOST:PORT of the gateway (default 127.0.0.1:11434), or 'off'",
     )  # fmt: skip
+    parser.add_argument(
+        "--gateway-keys", type=Path, default=None,
+        help="YAML list of gateway API keys (default: $CREDENTIALS_DIRECTORY/gateway-keys "
+        "if present); without keys the gateway is open",
+    )  # fmt: skip
     parser.add_argument("--token-file", type=Path, default=None, help="bearer token for TCP")
     parser.add_argument("--socket-group", default=None, help="group owning the control socket")
     parser.add_argument("--shutdown-timeout", type=float, default=60.0)
@@ -61,6 +66,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--log-format", choices=["auto", "json", "console", "journal"], default="auto"
     )
     parser.add_argument("--log-level", default="info")
+
+
+def gateway_keys_file(arg: Path | None) -> Path | None:
+    """``--gateway-keys``, else systemd's ``LoadCredential=gateway-keys:…``, else none."""
+    if arg is not None:
+        return arg
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    candidate = Path(credentials) / "gateway-keys" if credentials else None
+    return candidate if candidate is not None and candidate.exists() else None
 
 
 def tune_gc() -> None:
@@ -87,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         log_dir=args.log_dir or default_log_dir(),
         control=default_control_address(args.control),
         gateway=args.gateway,
+        gateway_keys=gateway_keys_file(args.gateway_keys),
         token_file=args.token_file,
         socket_group=args.socket_group,
         shutdown_timeout=args.shutdown_timeout,

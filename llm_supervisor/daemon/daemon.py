@@ -47,6 +47,7 @@ class DaemonOptions:
     log_dir: Path
     control: str
     gateway: tuple[str, int] | None = ("127.0.0.1", 11434)
+    gateway_keys: Path | None = None  # re-read with the config on every reload
     token_file: Path | None = None
     socket_group: str | None = None
     shutdown_timeout: float = 60.0
@@ -78,7 +79,9 @@ class Daemon:
         return f"{host}:{self.gateway.port if self.gateway and self.gateway.port else port}"
 
     def load(self) -> Config:
-        config, warnings = load_config(self.options.config_dir, self.placement.totals())
+        config, warnings = load_config(
+            self.options.config_dir, self.placement.totals(), keys_file=self.options.gateway_keys
+        )
         for issue in warnings:
             log.warning("config.warning", issue=issue.format())
         return config

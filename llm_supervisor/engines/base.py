@@ -7,7 +7,9 @@ from typing import Protocol
 
 import aiohttp
 
-from ..config.models import ArgValue, Policy, ServiceConfig
+from ..config.models import ArgValue, Policy, ServiceConfig, ServiceSpec
+
+API_KEY_ENV = "VLLM_API_KEY"  # vLLM reads its key from here when --api-key is not given
 
 
 def flags(args: Mapping[str, ArgValue]) -> list[str]:
@@ -38,10 +40,29 @@ def make_prober() -> Prober:
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
 
 
-async def http_ok(client: Prober, url: str, timeout: float) -> bytes | None:
+def engine_api_key(spec: ServiceSpec) -> str | None:
+    """The key an engine was started with (``args: {api-key: …}`` or env VLLM_API_KEY):
+    probes and the gateway must present it, since clients present the gateway's own key."""
+    for name in ("api-key", "--api-key"):
+        value = spec.args.get(name)
+        if isinstance(value, str | int) and not isinstance(value, bool):
+            return str(value)
+    env = spec.env.get(API_KEY_ENV)
+    return str(env) if spec.engine == "vllm" and env is not None else None
+
+
+def auth_headers(spec: ServiceSpec) -> dict[str, str] | None:
+    key = engine_api_key(spec)
+    return {"Authorization": f"Bearer {key}"} if key else None
+
+
+async def http_ok(
+    client: Prober, url: str, timeout: float, headers: dict[str, str] | None = None
+) -> bytes | None:
     """The body if the server answered 2xx in time; None for anything else."""
     try:
-        async with client.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+        client_timeout = aiohttp.ClientTimeout(total=timeout)
+        async with client.get(url, timeout=client_timeout, headers=headers) as response:
             if not 200 <= response.status < 300:
                 return None
             return await response.read()

@@ -27,7 +27,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-_FOLD = {**{c: c + 32 for c in range(ord("A"), ord("Z") + 1)}, 0x212A: "k", 0x017F: "s"}
+_FOLD: dict[int, int] = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)} | {
+    0x212A: 107,
+    0x017F: 115,
+}
 _GO_WHITESPACE = " \t\r\n"
 
 

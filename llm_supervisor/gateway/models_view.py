@@ -16,6 +16,7 @@ from .keepalive import canonical_model, rule_for
 from .stats import GatewayStats
 
 Clock = Callable[[], float]
+MAX_MODEL_ENTRIES = 4096  # per-model memory beyond this keeps only configured or loaded models
 
 
 def iso(ts: float | None) -> str | None:
@@ -58,16 +59,33 @@ class PolicyState:
         self._touch(service, model)
         self.in_flight[service] -= 1
         if model:
-            self.models_in_flight[canonical_model(model)] -= 1
+            name = canonical_model(model)
+            self.models_in_flight[name] -= 1
+            if self.models_in_flight[name] <= 0:  # client-chosen names must not pile up
+                del self.models_in_flight[name]
 
     def note_model(self, model: str) -> None:
-        self.model_last_request[canonical_model(model)] = self.clock()
+        self._note(canonical_model(model), self.clock())
 
     def _touch(self, service: str, model: str | None) -> None:
         now = self.clock()
         self.last_request[service] = now
         if model:
-            self.model_last_request[canonical_model(model)] = now
+            self._note(canonical_model(model), now)
+
+    def _note(self, model: str, now: float) -> None:
+        self.model_last_request[model] = now
+        if len(self.model_last_request) > MAX_MODEL_ENTRIES:
+            self._forget_strangers()
+
+    def _forget_strangers(self) -> None:
+        """Keep the models the config names or an Ollama has loaded; a flood of random names
+        (each a 404 from Ollama) must not grow the daemon without bound."""
+        keep = set(self.stats.known())
+        for rows in self.ps.values():
+            keep.update(canonical_model(str(m.get("name", ""))) for m in rows or ())
+        for name in [m for m in self.model_last_request if m not in keep]:
+            del self.model_last_request[name]
 
     def busy_services(self) -> frozenset[str]:
         return frozenset(s for s, n in self.in_flight.items() if n > 0)

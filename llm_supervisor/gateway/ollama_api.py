@@ -8,9 +8,18 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import web
 
+from ..config.gatewaykeys import GatewayKey
 from ..config.models import Policy
 from ..logsetup import get_logger
-from .keepalive import Decision, KeepAliveParseError, focus_allows, resolve_keep_alive
+from .auth import admin_refusal, is_admin_path, model_refusal
+from .gojson import BodyError, Decoded, decode_object
+from .keepalive import (
+    Decision,
+    KeepAliveParseError,
+    focus_allows,
+    parse_ollama_keep_alive,
+    resolve_keep_alive,
+)
 from .routing import ollama_for, ollama_services
 from .upstream import json_response, ollama_error
 
@@ -21,6 +30,12 @@ log = get_logger(__name__)
 
 POLICY_PATHS = frozenset({"/api/generate", "/api/chat", "/api/embed", "/api/embeddings"})
 MERGED_PATHS = frozenset({"/api/tags", "/api/ps"})
+# Go field names (folded as gojson.fold does) → JSON names, of the request structs in
+# ollama/ollama api/types.go: GenerateRequest, ChatRequest, EmbedRequest, EmbeddingRequest
+# carry Model, KeepAlive and Options; the management requests carry Model and the
+# deprecated Name (server/routes.go uses cmp.Or(req.Model, req.Name)).
+POLICY_FIELDS = {"model": "model", "keep_alive": "keep_alive", "options": "options"}
+NAME_FIELDS = {"model": "model", "name": "name"}
 
 
 class Refusal(Exception):
@@ -29,8 +44,14 @@ class Refusal(Exception):
         self.payload = payload
 
 
-async def handle(gw: Gateway, request: web.BaseRequest) -> web.StreamResponse:
+async def handle(
+    gw: Gateway, request: web.BaseRequest, client: GatewayKey | None = None
+) -> web.StreamResponse:
     path, config = request.path, gw.backend.config()
+    if is_admin_path(path) and (refused := admin_refusal(config, client)) is not None:
+        gw.stats.refusals["admin"] += 1
+        log.info("gateway.admin_refused", client=request.remote, path=path)
+        return json_response(403, {"error": refused})
     if path.startswith("/api/blobs/"):  # model uploads: stream, never buffer gigabytes
         up = ollama_for(config, None)
         if up is None:
@@ -39,19 +60,28 @@ async def handle(gw: Gateway, request: web.BaseRequest) -> web.StreamResponse:
     if path in MERGED_PATHS and len(ollama_services(config)) > 1:
         return await _merged(gw, path)
     body = await gw.read_body(request)
-    payload = _json_object(body)
-    model = payload.get("model") or payload.get("name") if payload else None
-    model = model if isinstance(model, str) else None
-    if path in POLICY_PATHS and payload is not None and model:
+    inference = path in POLICY_PATHS
+    try:
+        decoded = decode_object(body, POLICY_FIELDS if inference else NAME_FIELDS)
+    except BodyError as exc:
+        gw.stats.refusals["body"] += 1
+        return json_response(400, {"error": str(exc)})
+    payload = decoded.payload if decoded else None
+    model = _model_of(payload, inference)
+    if model and (refused := model_refusal(client, model)) is not None:
+        gw.stats.refusals["model"] += 1
+        return json_response(403, {"error": refused})
+    if inference and decoded is not None and model:
         try:
-            if _apply_policy(gw, request.remote or "?", payload, model, config.policy):
-                body = json.dumps(payload).encode()
+            if _apply_policy(gw, request.remote or "?", decoded, model, config.policy):
+                body = json.dumps(decoded.payload).encode()
         except Refusal as refusal:
             return json_response(refusal.status, refusal.payload)
+    elif inference and decoded is not None and not decoded.canonical:
+        body = json.dumps(decoded.payload).encode()  # Ollama must read what we read
     up = ollama_for(config, model)
     if up is None:
         return json_response(404, {"error": "no Ollama service is configured"})
-    inference = path in POLICY_PATHS
     return await gw.route(
         up,
         request,
@@ -62,23 +92,23 @@ async def handle(gw: Gateway, request: web.BaseRequest) -> web.StreamResponse:
     )
 
 
-def _json_object(body: bytes) -> dict[str, Any] | None:
-    try:
-        value = json.loads(body) if body else None
-    except ValueError:
-        return None  # Ollama answers the malformed body itself
-    return value if isinstance(value, dict) else None
+def _model_of(payload: dict[str, Any] | None, inference: bool) -> str | None:
+    if payload is None:
+        return None
+    model = payload.get("model") if inference else payload.get("model") or payload.get("name")
+    return model if isinstance(model, str) and model else None
 
 
-def _apply_policy(
-    gw: Gateway, client: str, payload: dict[str, Any], model: str, policy: Policy
-) -> bool:
-    """Focus, keep_alive and forced options; True if the payload changed."""
+def _apply_policy(gw: Gateway, client: str, decoded: Decoded, model: str, policy: Policy) -> bool:
+    """Focus, keep_alive and forced options; True if the body must be written anew."""
+    payload = decoded.payload
     if not focus_allows(model, policy):
-        gw.stats.focus_refusals[model] += 1
+        gw.stats.focus_refusals[gw.stats.label(model)] += 1
         log.info("focus.refused", client=client, model=model, focus=list(policy.focus))
         raise Refusal(403, focus_error(model, policy))
     try:
+        for earlier in decoded.occurrences.get("keep_alive", [])[:-1]:
+            parse_ollama_keep_alive(earlier)  # Go fails on any bad occurrence, not just the last
         decision = resolve_keep_alive(model, payload.get("keep_alive"), policy)
     except KeepAliveParseError as exc:  # refuse exactly as Ollama would (api/types.go)
         gw.stats.bad_keep_alive += 1
@@ -86,7 +116,7 @@ def _apply_policy(
     changed = _record_keep_alive(gw, client, model, decision)
     if changed:
         payload["keep_alive"] = decision.applied
-    return _force_options(gw, payload, model, policy) or changed
+    return _force_options(gw, payload, model, policy) or changed or not decoded.canonical
 
 
 def focus_error(model: str, policy: Policy) -> dict[str, Any]:
@@ -107,13 +137,13 @@ def _record_keep_alive(gw: Gateway, client: str, model: str, decision: Decision)
         "reason": decision.reason,
     }
     if decision.changed:
-        gw.stats.rewrites[(model, decision.rule, "keep_alive")] += 1
+        gw.stats.rewrites[(gw.stats.label(model), decision.rule, "keep_alive")] += 1
         # A client that sent nothing is routine; one whose value was overridden is news.
         emit = log.info if decision.asked is not None else log.debug
         emit("keepalive.rewrite", applied=decision.applied_text, **fields)
         return True
     if "would apply" in decision.reason:
-        gw.stats.observed[(model, decision.rule)] += 1
+        gw.stats.observed[(gw.stats.label(model), decision.rule)] += 1
         log.info("keepalive.observe", applied=decision.applied_text, **fields)
     return False
 
@@ -128,7 +158,7 @@ def _force_options(gw: Gateway, payload: dict[str, Any], model: str, policy: Pol
     if merged == current:
         return False
     payload["options"] = merged
-    gw.stats.rewrites[(model, "ollama_options", "options")] += 1
+    gw.stats.rewrites[(gw.stats.label(model), "ollama_options", "options")] += 1
     log.debug("options.rewrite", model=model, forced=dict(policy.ollama_options))
     return True
 

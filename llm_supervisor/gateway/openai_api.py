@@ -7,7 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from ..config.gatewaykeys import GatewayKey
 from ..logsetup import get_logger
+from .auth import model_refusal
+from .gojson import BodyError, decode_object
 from .keepalive import focus_allows
 from .routing import openai_model_list, openai_route
 from .upstream import json_response, openai_error
@@ -30,21 +33,38 @@ def not_found(model: str) -> dict[str, Any]:
     )
 
 
-async def handle(gw: Gateway, request: web.BaseRequest) -> web.StreamResponse:
+MODEL_FIELD = {"model": "model"}  # Ollama's /v1 decodes into Go structs; vLLM reads "model"
+
+
+async def handle(
+    gw: Gateway, request: web.BaseRequest, client: GatewayKey | None = None
+) -> web.StreamResponse:
     path, config = request.path, gw.backend.config()
     if request.method == "GET" and path.rstrip("/") == "/v1/models":
-        return json_response(200, openai_model_list(config, gw.started_at))
+        return json_response(200, _visible(openai_model_list(config, gw.started_at), client))
     if request.method == "GET" and path.startswith("/v1/models/"):
         name = path[len("/v1/models/") :]
-        listed = [m for m in openai_model_list(config, gw.started_at)["data"] if m["id"] == name]
+        listed = [
+            m
+            for m in _visible(openai_model_list(config, gw.started_at), client)["data"]
+            if m["id"] == name
+        ]
         return json_response(200 if listed else 404, listed[0] if listed else not_found(name))
     body = await gw.read_body(request)
-    model = _model_of(body)
-    if model is None:
+    try:
+        decoded = decode_object(body, MODEL_FIELD)
+    except BodyError as exc:
+        gw.stats.refusals["body"] += 1
+        return json_response(400, error(str(exc), "invalid_request_error", "invalid_body", None))
+    model = decoded.payload.get("model") if decoded else None
+    if not isinstance(model, str) or not model or decoded is None:
         message = "The request body must be JSON with a 'model' field."
         return json_response(400, error(message, "invalid_request_error", "missing_model"))
+    if (refused := model_refusal(client, model)) is not None:
+        gw.stats.refusals["model"] += 1
+        return json_response(403, error(refused, "invalid_request_error", "model_not_allowed"))
     if not focus_allows(model, config.policy):
-        gw.stats.focus_refusals[model] += 1
+        gw.stats.focus_refusals[gw.stats.label(model)] += 1
         log.info("focus.refused", model=model, focus=list(config.policy.focus))
         allowed = ", ".join(config.policy.focus)
         message = f"The model '{model}' is not in this server's focus list ({allowed})."
@@ -52,13 +72,15 @@ async def handle(gw: Gateway, request: web.BaseRequest) -> web.StreamResponse:
     up = openai_route(config, model)
     if up is None:
         return json_response(404, not_found(model))
+    if up.served is not None and model != up.served:  # vLLM compares names exactly
+        decoded.payload["model"] = up.served
+    if (up.served is not None and model != up.served) or not decoded.canonical:
+        body = json.dumps(decoded.payload).encode()  # the engine reads what we read
     return await gw.route(up, request, body, openai_error, model=model, api="openai")
 
 
-def _model_of(body: bytes) -> str | None:
-    try:
-        payload = json.loads(body) if body else None
-    except ValueError:
-        return None
-    model = payload.get("model") if isinstance(payload, dict) else None
-    return model if isinstance(model, str) and model else None
+def _visible(listing: dict[str, Any], client: GatewayKey | None) -> dict[str, Any]:
+    """/v1/models as the key sees it: only the models its allow-list admits."""
+    if client is None or client.models is None:
+        return listing
+    return {**listing, "data": [m for m in listing["data"] if client.allows(m["id"])]}

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from ..config.modelnames import canonical_model_name
+
+OTHER = "other"  # the label of every model no service offers and no rule names
+
 
 @dataclass
 class GatewayStats:
+    """Model labels are bounded: a client may send any name, so only models the config knows
+    (``known``: canonical name → the config's spelling) get their own label."""
+
     requests: Counter[tuple[str, str]] = field(default_factory=Counter)  # (service, api)
     rewrites: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (model, rule, kind)
     observed: Counter[tuple[str, str]] = field(default_factory=Counter)  # (model, rule)
@@ -20,6 +27,12 @@ class GatewayStats:
     upstream_errors: Counter[str] = field(default_factory=Counter)  # service
     disconnects: Counter[str] = field(default_factory=Counter)  # service
     bad_keep_alive: int = 0
+    refusals: Counter[str] = field(default_factory=Counter)  # reason: host, no_key, bad_key …
+    key_requests: Counter[str] = field(default_factory=Counter)  # API key name (never the key)
+    known: Callable[[], Mapping[str, str]] = lambda: {}
+
+    def label(self, model: str) -> str:
+        return self.known().get(canonical_model_name(model), OTHER)
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-friendly copy, for status output and tests."""
@@ -31,6 +44,8 @@ class GatewayStats:
             "upstream_errors": dict(self.upstream_errors),
             "disconnects": dict(self.disconnects),
             "bad_keep_alive": self.bad_keep_alive,
+            "refusals": dict(self.refusals),
+            "key_requests": dict(self.key_requests),
         }
 
     def collector(self) -> Collector:
@@ -76,6 +91,18 @@ class _StatsCollector(Collector):
             "Client disconnects that cancelled an upstream request",
             ["service"],
             {(k,): v for k, v in s.disconnects.items()},
+        )
+        yield _family(
+            "llm_supervisor_gateway_refusals",
+            "Requests refused before routing (host, no_key, bad_key, admin, model, body)",
+            ["reason"],
+            {(k,): v for k, v in s.refusals.items()},
+        )
+        yield _family(
+            "llm_supervisor_gateway_key_requests",
+            "Requests accepted per API key name",
+            ["key"],
+            {(k,): v for k, v in s.key_requests.items()},
         )
 
 
