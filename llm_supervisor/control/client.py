@@ -28,7 +28,7 @@ from ..errors import (
     StartFailedError,
     UnknownServiceError,
 )
-from .address import default_control_address, parse_address, read_token
+from .address import default_control_address, parse_address, read_token, untrusted_socket_dir
 from .backend import LogLine
 
 # status/stop answer fast; start --wait can take minutes (vLLM loads), so no read timeout.
@@ -113,6 +113,8 @@ class ControlClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         timeout = httpx.Timeout(None, connect=CONNECT_TIMEOUT_S)
         if host == "unix":
+            if reason := untrusted_socket_dir(Path(str(where)).parent):
+                raise ControlError(f"not connecting to unix:{where}: {reason}")
             transport = httpx.HTTPTransport(uds=str(where))
             base = "http://llm-supervisor"
         else:

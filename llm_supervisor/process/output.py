@@ -7,6 +7,8 @@ engines can print single lines far beyond asyncio's 64 KiB readline limit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import re
 import time
 from collections import deque
@@ -40,6 +42,9 @@ class LogLine:
         return cls(float(data["ts"]), str(data.get("stream", "out")), str(data["text"]))
 
 
+LOG_MODE = 0o640
+
+
 class RotatingFile:
     """Append-only file with size rotation (name.log → name.log.1 … .N)."""
 
@@ -49,12 +54,18 @@ class RotatingFile:
         self.backups = backups
         self._failed = False
         self._size = path.stat().st_size if path.exists() else 0
+        if self._size:
+            with contextlib.suppress(OSError):  # a log from an older version was 0644
+                os.chmod(path, LOG_MODE)
 
     def write(self, data: bytes) -> None:
         try:
             if self._size + len(data) > self.max_bytes and self._size > 0:
                 self._rotate()
-            with self.path.open("ab") as fh:
+            # 0640: engine output can carry prompts and paths; the group (adm, an operators'
+            # group) may read it, others may not. The mode only applies when it is created.
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, LOG_MODE)
+            with open(fd, "ab") as fh:
                 fh.write(data)
             self._size += len(data)
             self._failed = False

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config.models import ServiceConfig
+from ..config.secrets import redact_argv
 from ..engines import engine_for
 from ..errors import PortInUseError, StartFailedError
 from ..logsetup import get_logger
@@ -259,9 +260,8 @@ class Service:
         self._child = child
         child.on_tree_grew = self._record_tree
         self._record_tree(child)
-        log.info(
-            "service.spawned", service=self.name, pid=child.pid, argv=self.engine.argv(self.config)
-        )
+        argv = redact_argv(self.engine.argv(self.config))  # the engine got the real values
+        log.info("service.spawned", service=self.name, pid=child.pid, argv=argv)
         return child
 
     def _record_tree(self, child: ChildProcess) -> None:
