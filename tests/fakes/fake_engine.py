@@ -48,6 +48,10 @@ def parse() -> argparse.Namespace:
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--max-position-embeddings", type=int, default=4096)
     p.add_argument("--fail-with", default=None, help="print this line then exit 1 at start")
+    p.add_argument(
+        "--api-key", default=os.environ.get("VLLM_API_KEY"),
+        help="as vLLM: /v1/* answers 401 without 'Authorization: Bearer KEY'; /health is open",
+    )  # fmt: skip
     args, _unknown = p.parse_known_args()
     return args
 
@@ -140,7 +144,21 @@ def serve(args: argparse.Namespace, name: str, started: float) -> None:
             self.end_headers()
             self.wfile.write(data)
 
+        def _refused(self) -> bool:
+            # vLLM's AuthenticationMiddleware: only /v1 paths, compared to "Bearer " + key.
+            wanted = f"Bearer {args.api_key}"
+            if (
+                args.api_key
+                and self.path.startswith("/v1")
+                and (self.headers.get("Authorization") != wanted)
+            ):
+                self._send(401, {"error": "Unauthorized"})
+                return True
+            return False
+
         def do_GET(self) -> None:
+            if self._refused():
+                return
             if self._hanging():
                 time.sleep(10**6)
             sick = (
@@ -159,6 +177,8 @@ def serve(args: argparse.Namespace, name: str, started: float) -> None:
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = json.loads(self.rfile.read(length) or b"{}")
+            if self._refused():
+                return
             if self.path.startswith("/v1/"):
                 text = "fake reply"
                 self._send(
