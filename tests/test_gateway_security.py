@@ -272,3 +272,23 @@ def test_a_profile_others_can_write_is_refused_and_the_running_config_stays(
         os.chown(profile, 0, -1)
         os.chmod(profile, 0o644)
         wait_until(lambda: room.cli("reload", "--wait").returncode == 0, what="reload accepted")
+
+
+# -- open to the network without keys ------------------------------------------------------
+
+
+def test_a_gateway_on_all_interfaces_without_keys_warns_and_keeps_admin_closed(
+    tmp_path: Path,
+) -> None:
+    port, gateway = free_port(), free_port()
+    (tmp_path / "gpu0.yaml").write_text(profile_text({"ollama": fake_ollama(port, [SMALL])}))
+    with run_daemon(tmp_path, gateway=True, extra_args=["--gateway", f"0.0.0.0:{gateway}"]) as d:
+        warning = d.events("gateway.open_without_keys")
+        assert warning and warning[0]["address"] == f"0.0.0.0:{gateway}"
+        url = f"http://127.0.0.1:{gateway}"
+        # Not on loopback: the Host check is Ollama's loopback-only defence, so it is off.
+        body = {"model": SMALL, "prompt": "x", "stream": False}
+        answer = httpx.post(url + "/api/generate", json=body, headers={"Host": "gpu.example"})
+        assert answer.status_code == 200
+        refused = httpx.request("DELETE", url + "/api/delete", json={"model": SMALL})
+        assert refused.status_code == 403 and "admin_routes: allow" in refused.json()["error"]

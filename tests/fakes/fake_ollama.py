@@ -101,7 +101,8 @@ def _go_fold(name: str) -> str:
         if ch.isascii():
             out.append(ch.upper())
             continue
-        orbit = [c for c in (ch, ch.upper(), ch.lower(), ch.casefold()) if len(c) == 1]
+        lower = ch.lower()
+        orbit = [c for c in (ch, ch.upper(), lower, lower.upper(), ch.casefold()) if len(c) == 1]
         out.append(min(orbit))
     return "".join(out)
 
