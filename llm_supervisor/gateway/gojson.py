@@ -57,8 +57,14 @@ def _no_constants(name: str) -> Any:
     raise BodyError(f"invalid character {name[0]!r} looking for beginning of value")
 
 
-def _text(body: bytes) -> str:
-    return body.decode("utf-8", errors="replace")  # Go: invalid bytes read as U+FFFD
+def _hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    _LAST[0] = pairs  # the outermost object closes last: after the scan this is the top
+    return obj
+
+
+_LAST: list[list[tuple[str, Any]]] = [[]]  # synchronous use only (no await in between)
+_DECODER = json.JSONDecoder(object_pairs_hook=_hook, parse_constant=_no_constants)
 
 
 def decode_object(body: bytes, fields: dict[str, str]) -> Decoded | None:
@@ -68,25 +74,17 @@ def decode_object(body: bytes, fields: dict[str, str]) -> Decoded | None:
     matters here (model, keep_alive, options). Raises BodyError for trailing data or a
     body that Go and Python would read differently.
     """
-    text = _text(body)
+    text = body.decode("utf-8", errors="replace")  # Go: invalid bytes read as U+FFFD
     start = len(text) - len(text.lstrip(_GO_WHITESPACE))
-    pairs_seen: list[list[tuple[str, Any]]] = []
-
-    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        pairs_seen.append(pairs)
-        return dict(pairs)
-
-    decoder = json.JSONDecoder(object_pairs_hook=hook, parse_constant=_no_constants)
     try:
-        value, end = decoder.raw_decode(text, start)
+        value, end = _DECODER.raw_decode(text, start)
     except json.JSONDecodeError:
         return None  # malformed: Ollama's own 400 says what is wrong
-    if text[end:].strip(_GO_WHITESPACE):
+    if end != len(text) and text[end:].strip(_GO_WHITESPACE):
         raise BodyError("the request body has data after the JSON value; send one JSON object")
     if not isinstance(value, dict):
         return None
-    top = pairs_seen[-1]  # the outermost object closes last
-    return _resolve(top, fields)
+    return _resolve(_LAST[0], fields)
 
 
 def _resolve(pairs: list[tuple[str, Any]], fields: dict[str, str]) -> Decoded:
