@@ -217,8 +217,12 @@ def test_vllm_with_its_own_key_is_probed_and_served_with_it(room: DaemonProcess)
 def test_secret_arguments_never_leave_the_daemon(room: DaemonProcess) -> None:
     spawned = [e for e in room.events("service.spawned") if e.get("service") == "qwen"]
     assert spawned and "***" in spawned[-1]["argv"]
+    engine_log = (room.log_dir / "qwen.log").read_text()
+    assert "non-default args: {'api_key': ['***']}" in engine_log  # the engine printed it
+    logs = room.cli("logs", "qwen", "-n", "all")
+    assert "api_key" in logs.stdout + logs.stderr
     everything = room.log_tail(100_000) + json.dumps(room.status()) + metrics(room)
-    assert ENGINE_KEY not in everything
+    assert ENGINE_KEY not in everything + engine_log + logs.stdout + logs.stderr
 
 
 # -- reload --------------------------------------------------------------------------------

@@ -41,3 +41,13 @@ def redact_argv(argv: Sequence[str]) -> list[str]:
             shown.append(arg)
             hide_next = secret
     return shown
+
+
+def secret_values(*mappings: Mapping[str, object]) -> tuple[str, ...]:
+    """The values to mask in an engine's own output (vLLM prints its arguments at start).
+    Very short values are skipped: masking every "1" would garble the log, not protect it."""
+    found = {
+        str(v) for values in mappings for k, v in values.items()
+        if is_secret_name(k) and v is not None and len(str(v)) >= 6
+    }  # fmt: skip
+    return tuple(sorted(found, key=len, reverse=True))  # longest first: no partial leftovers

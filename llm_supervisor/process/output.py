@@ -53,12 +53,15 @@ class RotatingFile:
         self.max_bytes = max_bytes
         self.backups = backups
         self._failed = False
+        self.secrets: tuple[bytes, ...] = ()  # masked as *** before they reach the disk
         self._size = path.stat().st_size if path.exists() else 0
         if self._size:
             with contextlib.suppress(OSError):  # a log from an older version was 0644
                 os.chmod(path, LOG_MODE)
 
     def write(self, data: bytes) -> None:
+        for secret in self.secrets:
+            data = data.replace(secret, b"***")
         try:
             if self._size + len(data) > self.max_bytes and self._size > 0:
                 self._rotate()
@@ -91,8 +94,12 @@ class OutputRing:
         self._lines: deque[LogLine] = deque(maxlen=maxlen)
         self._subscribers: set[asyncio.Queue[LogLine]] = set()
         self.listeners: list[Callable[[LogLine], None]] = []
+        self.secrets: tuple[str, ...] = ()  # masked as *** in every line kept or sent
 
     def append(self, line: LogLine) -> None:
+        for secret in self.secrets:
+            if secret in line.text:
+                line = LogLine(line.ts, line.stream, line.text.replace(secret, "***"))
         self._lines.append(line)
         for listener in self.listeners:
             listener(line)

@@ -60,6 +60,8 @@ def main() -> None:
     args = parse()
     name = args.served_model_name or args.model
     print(f"fake engine pid={os.getpid()} mode={args.mode} port={args.port}", flush=True)
+    if args.api_key:  # as vLLM's api_server logs them at start
+        print(f"INFO non-default args: {{'api_key': ['{args.api_key}']}}", flush=True)
     if args.ignore_term:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     for _ in range(args.children):
