@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -14,12 +15,21 @@ import pytest
 from llm_supervisor.config.keysfile import load_gateway_keys
 from llm_supervisor.config.load import load_config
 from llm_supervisor.config.modelnames import canonical_model_name, model_matches
-from llm_supervisor.config.secrets import MASK, is_secret_name, redact_argv, redact_mapping
+from llm_supervisor.config.models import ServiceSpec
+from llm_supervisor.config.secrets import (
+    MASK,
+    is_secret_name,
+    redact_argv,
+    redact_mapping,
+    secret_values,
+)
 from llm_supervisor.config.trust import untrusted_reason
 from llm_supervisor.control.address import ensure_socket_dir, untrusted_socket_dir
+from llm_supervisor.engines.base import engine_api_key
 from llm_supervisor.errors import ConfigError, ControlError
 from llm_supervisor.gateway.auth import host_allowed
 from llm_supervisor.process.output import RotatingFile
+from tests.daemon_harness import CLI
 from tests.test_gateway import RigFactory, rig_factory  # noqa: F401 (fixture)
 
 KEY = "sk-0123456789abcdef-room"
@@ -179,3 +189,25 @@ async def test_admin_routes_are_closed_without_keys_unless_the_policy_allows(
                                        json={"model": "llama3.2:3b"})  # fmt: skip
         assert deleted.status_code == 200
         assert opened.fake.counts["deleted"] == 1
+
+
+def test_an_engines_own_key_comes_from_its_args_or_vllms_env_variable() -> None:
+    base = {"engine": "vllm", "port": 8001, "model": "m"}
+    assert engine_api_key(ServiceSpec.model_validate(base)) is None
+    with_arg = ServiceSpec.model_validate({**base, "args": {"api-key": "sk-arg-123456"}})
+    assert engine_api_key(with_arg) == "sk-arg-123456"
+    with_env = ServiceSpec.model_validate({**base, "env": {"VLLM_API_KEY": "sk-env-123456"}})
+    assert engine_api_key(with_env) == "sk-env-123456"
+    assert secret_values(with_env.args, with_env.env) == ("sk-env-123456",)
+
+
+def test_check_validates_the_keys_file_too(tmp_path: Path) -> None:
+    (tmp_path / "gpu0.yaml").write_text("gpu: cpu\nservices: {}\n")
+    keys = tmp_path / "keys"
+    keys.write_text("- {name: a, role: boss, key: sk-0123456789abcdef}\n")
+    result = subprocess.run(
+        [*CLI, "check", "--no-gpus", "--config-dir", str(tmp_path), "--gateway-keys", str(keys)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 78
+    assert f"{keys}:1:" in result.stderr and "expected 'user' or 'admin'" in result.stderr

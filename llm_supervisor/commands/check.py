@@ -7,6 +7,7 @@ import asyncio
 import sys
 from pathlib import Path
 
+from ..config.keysfile import gateway_keys_file
 from ..config.load import load_config
 
 
@@ -17,6 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-gpus", dest="gpus", action="store_false",
         help="do not ask NVML (check without the GPUs' facts, as on a build machine)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--gateway-keys", type=Path, default=None,
+        help="check this gateway keys file too (default: $CREDENTIALS_DIRECTORY/gateway-keys)",
     )  # fmt: skip
 
 
@@ -40,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     totals, unavailable = gpu_totals() if args.gpus else (None, "not asked (--no-gpus)")
     if unavailable:
         print(f"note: {unavailable}; GPU existence and memory budgets not checked", file=sys.stderr)
-    config, warnings = load_config(args.config_dir, totals)
+    keys = gateway_keys_file(args.gateway_keys)
+    config, warnings = load_config(args.config_dir, totals, keys_file=keys)
     for issue in warnings:
         print(f"warning: {issue.format()}", file=sys.stderr)
     count = len(config.services)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import uvloop
 
+from ..config.keysfile import gateway_keys_file
 from ..control.address import default_control_address
 from ..logsetup import configure_logging
 
@@ -66,15 +67,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--log-format", choices=["auto", "json", "console", "journal"], default="auto"
     )
     parser.add_argument("--log-level", default="info")
-
-
-def gateway_keys_file(arg: Path | None) -> Path | None:
-    """``--gateway-keys``, else systemd's ``LoadCredential=gateway-keys:…``, else none."""
-    if arg is not None:
-        return arg
-    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
-    candidate = Path(credentials) / "gateway-keys" if credentials else None
-    return candidate if candidate is not None and candidate.exists() else None
 
 
 def tune_gc() -> None:

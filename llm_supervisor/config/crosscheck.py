@@ -3,11 +3,11 @@ and policy entries that refer to no model (warnings)."""
 
 from __future__ import annotations
 
-import fnmatch
 from collections import defaultdict
 from dataclasses import dataclass
 
 from ..errors import ConfigIssue
+from .modelnames import model_matches
 from .models import Policy, ProfileFile
 from .yamlload import LoadedYaml
 
@@ -174,18 +174,18 @@ def _policy_references(
                 models.add(spec.public_name)
     issues = []
     for i, rule in enumerate(policy.keep_alive.rules):
-        if not any(fnmatch.fnmatchcase(m, rule.match) for m in models):
+        if not any(model_matches(m, rule.match) for m in models):
             msg = f"rule {rule.match!r} matches no model named in the profiles"
             key: Key = ("keep_alive", "rules", i, "match")
             issues.append(_issue(docs, source, key, msg, "warning"))
     for field in ("pin", "focus"):
         for i, name in enumerate(getattr(policy, field)):
-            if name not in models:
+            if not any(model_matches(m, name) for m in models):  # as the gateway matches
                 msg = f"{name!r} is not offered by any service"
                 issues.append(_issue(docs, source, (field, i), msg, "warning"))
     if policy.focus:
         for i, name in enumerate(policy.pin):
-            if name not in policy.focus:
+            if not any(model_matches(name, f) for f in policy.focus):
                 msg = f"pinned model {name!r} is not in focus, so requests for it are refused"
                 issues.append(_issue(docs, source, ("pin", i), msg, "warning"))
     return issues

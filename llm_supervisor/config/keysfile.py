@@ -6,6 +6,7 @@ that were in force stay in force.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -18,6 +19,15 @@ from .yamlload import LoadedYaml, YamlSyntaxError, load_yaml
 
 CREDENTIAL_NAME = "gateway-keys"  # systemd: LoadCredential=gateway-keys:/etc/…
 MAX_KEYS_BYTES = 1 << 20
+
+
+def gateway_keys_file(arg: Path | None) -> Path | None:
+    """``--gateway-keys``, else systemd's ``LoadCredential=gateway-keys:…``, else none."""
+    if arg is not None:
+        return arg
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    candidate = Path(credentials) / CREDENTIAL_NAME if credentials else None
+    return candidate if candidate is not None and candidate.exists() else None
 
 
 def load_gateway_keys(path: Path) -> GatewayKeys:
