@@ -62,14 +62,16 @@ class Gateway:
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         # Before the body is read (and before 100-continue invites it): who is asking.
-        if self.loopback and not host_allowed(request.host):
+        # The Host header itself: aiohttp's request.host falls back to a DNS lookup.
+        if self.loopback and not host_allowed(request.headers.get("Host", "")):
             self.stats.refusals["host"] += 1
             return host_refused()
         client = None
         if (keys := self.backend.config().gateway_keys) is not None:
-            client = keys.lookup(presented_key(request))
+            presented = presented_key(request)
+            client = keys.lookup(presented)
             if client is None:
-                self.stats.refusals["no_key" if presented_key(request) is None else "bad_key"] += 1
+                self.stats.refusals["no_key" if presented is None else "bad_key"] += 1
                 log.info("gateway.unauthorized", client=request.remote, path=request.path)
                 return unauthorized(request.path)
             self.stats.key_requests[client.name] += 1

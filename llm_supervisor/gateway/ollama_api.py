@@ -50,7 +50,8 @@ async def handle(
     path, config = request.path, gw.backend.config()
     if is_admin_path(path) and (refused := admin_refusal(config, client)) is not None:
         gw.stats.refusals["admin"] += 1
-        log.info("gateway.admin_refused", client=request.remote, path=path)
+        key = client.name if client else None
+        log.info("gateway.admin_refused", client=request.remote, key=key, path=path)
         return json_response(403, {"error": refused})
     if path.startswith("/api/blobs/"):  # model uploads: stream, never buffer gigabytes
         up = ollama_for(config, None)
@@ -70,6 +71,7 @@ async def handle(
     model = _model_of(payload, inference)
     if model and (refused := model_refusal(client, model)) is not None:
         gw.stats.refusals["model"] += 1
+        log.info("gateway.model_refused", client=request.remote, key=client and client.name)
         return json_response(403, {"error": refused})
     if inference and decoded is not None and model:
         try:

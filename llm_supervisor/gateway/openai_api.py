@@ -62,6 +62,7 @@ async def handle(
         return json_response(400, error(message, "invalid_request_error", "missing_model"))
     if (refused := model_refusal(client, model)) is not None:
         gw.stats.refusals["model"] += 1
+        log.info("gateway.model_refused", client=request.remote, key=client and client.name)
         return json_response(403, error(refused, "invalid_request_error", "model_not_allowed"))
     if not focus_allows(model, config.policy):
         gw.stats.focus_refusals[gw.stats.label(model)] += 1
