@@ -166,7 +166,8 @@ def test_a_foreign_host_is_refused_on_loopback_as_ollama_does(room: DaemonProces
     [
         b'{"model":"gpt-oss:120b","prompt":"x","keep_alive":"5m","KEEP_ALIVE":0,"stream":false}',
         b'{"Model":"gpt-oss:120b","keep_alive":0,"prompt":"x","stream":false}',
-        b'{"model":"gpt-oss:120b","prompt":"x","\\u212aeep_alive":0,"stream":false}',
+        b'{"model":"gpt-oss:120b","prompt":"x","keep_alive":"5m","\\u212aeep_alive":0,'
+        b'"stream":false}',  # KELVIN SIGN K folds to k in Go
         b'{"model":"llama3.2:3b","MODEL":"GPT-OSS:120B","prompt":"x","keep_alive":0,'
         b'"stream":false}',
     ],
