@@ -9,9 +9,10 @@ import aiohttp
 from aiohttp import web
 
 from ..config.gatewaykeys import GatewayKey
-from ..config.models import Policy
+from ..config.models import Config, Policy
 from ..logsetup import get_logger
 from .auth import admin_refusal, is_admin_path, model_refusal
+from .backend import Rebuild, Upstream
 from .gojson import BodyError, Decoded, decode_object
 from .keepalive import (
     Decision,
@@ -20,7 +21,7 @@ from .keepalive import (
     parse_ollama_keep_alive,
     resolve_keep_alive,
 )
-from .routing import ollama_for, ollama_services
+from .routing import ollama_for, ollama_listing, ollama_services
 from .upstream import json_response, ollama_error
 
 if TYPE_CHECKING:
@@ -48,6 +49,8 @@ async def handle(
     gw: Gateway, request: web.BaseRequest, client: GatewayKey | None = None
 ) -> web.StreamResponse:
     path, config = request.path, gw.backend.config()
+    if path == "/api/queue" and request.method == "GET":
+        return json_response(200, gw.queue())
     if is_admin_path(path) and (refused := admin_refusal(config, client)) is not None:
         gw.stats.refusals["admin"] += 1
         key = client.name if client else None
@@ -73,7 +76,10 @@ async def handle(
         gw.stats.refusals["model"] += 1
         log.info("gateway.model_refused", client=request.remote, key=client and client.name)
         return json_response(403, {"error": refused})
+    rebuild = None
     if inference and decoded is not None and model:
+        if model in config.policy.fallbacks:  # the request as sent, before the policy
+            rebuild = _rebuilder(gw, request.remote or "?", dict(decoded.payload), config, client)
         try:
             if _apply_policy(gw, request.remote or "?", decoded, model, config.policy):
                 body = json.dumps(decoded.payload).encode()
@@ -91,6 +97,7 @@ async def handle(
         ollama_error,
         model=model if inference else None,
         ensure=model is not None,
+        rebuild=rebuild,
     )
 
 
@@ -99,6 +106,30 @@ def _model_of(payload: dict[str, Any] | None, inference: bool) -> str | None:
         return None
     model = payload.get("model") if inference else payload.get("model") or payload.get("name")
     return model if isinstance(model, str) and model else None
+
+
+def _rebuilder(
+    gw: Gateway,
+    remote: str,
+    original: dict[str, Any],
+    config: Config,
+    client: GatewayKey | None,
+) -> Rebuild:
+    """The same request for a fallback model, with the policy (and the key's allow-list)
+    applied for that model."""
+
+    def build(alternative: str) -> tuple[Upstream, bytes] | None:
+        if model_refusal(client, alternative) is not None:
+            return None
+        decoded = Decoded({**original, "model": alternative}, True, {})
+        try:
+            _apply_policy(gw, remote, decoded, alternative, config.policy)
+        except Refusal:
+            return None
+        up = ollama_listing(config, alternative)
+        return (up, json.dumps(decoded.payload).encode()) if up is not None else None
+
+    return build
 
 
 def _apply_policy(gw: Gateway, client: str, decoded: Decoded, model: str, policy: Policy) -> bool:

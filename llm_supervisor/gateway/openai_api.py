@@ -8,8 +8,10 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ..config.gatewaykeys import GatewayKey
+from ..config.models import Config
 from ..logsetup import get_logger
 from .auth import model_refusal
+from .backend import Rebuild, Upstream
 from .gojson import BodyError, decode_object
 from .keepalive import focus_allows
 from .routing import openai_model_list, openai_route
@@ -40,6 +42,8 @@ async def handle(
     gw: Gateway, request: web.BaseRequest, client: GatewayKey | None = None
 ) -> web.StreamResponse:
     path, config = request.path, gw.backend.config()
+    if request.method == "GET" and path.rstrip("/") == "/v1/queue":
+        return json_response(200, gw.queue())
     if request.method == "GET" and path.rstrip("/") == "/v1/models":
         return json_response(200, _visible(openai_model_list(config, gw.started_at), client))
     if request.method == "GET" and path.startswith("/v1/models/"):
@@ -73,11 +77,33 @@ async def handle(
     up = openai_route(config, model)
     if up is None:
         return json_response(404, not_found(model))
+    original = dict(decoded.payload)  # before the served-name rewrite: fallbacks start here
     if up.served is not None and model != up.served:  # vLLM compares names exactly
         decoded.payload["model"] = up.served
     if (up.served is not None and model != up.served) or not decoded.canonical:
         body = json.dumps(decoded.payload).encode()  # the engine reads what we read
-    return await gw.route(up, request, body, openai_error, model=model, api="openai")
+    rebuild = None
+    if model in config.policy.fallbacks:
+        rebuild = _rebuilder(original, config, client)
+    return await gw.route(
+        up, request, body, openai_error, model=model, api="openai", rebuild=rebuild
+    )
+
+
+def _rebuilder(payload: dict[str, Any], config: Config, client: GatewayKey | None) -> Rebuild:
+    """The same request for a fallback model: focus and the key's allow-list apply to it,
+    routing finds it."""
+
+    def build(alternative: str) -> tuple[Upstream, bytes] | None:
+        up = openai_route(config, alternative)
+        if up is None or not focus_allows(alternative, config.policy):
+            return None
+        if model_refusal(client, alternative) is not None:
+            return None
+        name = up.served or alternative  # vLLM compares names exactly
+        return up, json.dumps({**payload, "model": name}).encode()
+
+    return build
 
 
 def _visible(listing: dict[str, Any], client: GatewayKey | None) -> dict[str, Any]:

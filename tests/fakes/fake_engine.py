@@ -52,6 +52,7 @@ def parse() -> argparse.Namespace:
         "--api-key", default=os.environ.get("VLLM_API_KEY"),
         help="as vLLM: /v1/* answers 401 without 'Authorization: Bearer KEY'; /health is open",
     )  # fmt: skip
+    p.add_argument("--first-request-delay", type=float, default=0.0, help="first POST waits S")
     args, _unknown = p.parse_known_args()
     return args
 
@@ -129,6 +130,8 @@ def flood(per_second: int) -> None:
 
 
 def serve(args: argparse.Namespace, name: str, started: float) -> None:
+    first_request = threading.Lock()  # held forever by the first POST: later ones don't wait
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -181,6 +184,10 @@ def serve(args: argparse.Namespace, name: str, started: float) -> None:
             body = json.loads(self.rfile.read(length) or b"{}")
             if self._refused():
                 return
+            # One line per request, so tests can see what reached the engine (warm-ups).
+            print(f"request POST {self.path} {json.dumps(body, sort_keys=True)}", flush=True)
+            if first_request.acquire(blocking=False):
+                time.sleep(args.first_request_delay)
             if self.path.startswith("/v1/"):
                 text = "fake reply"
                 self._send(
