@@ -1,5 +1,6 @@
 """Config files are trusted only when only trusted users can change them (OpenSSH's
-StrictModes, sshd's ``secure_filename``).
+StrictModes: ``safe_path()`` in misc.c accepts a file or directory owned by root or the
+user, with ``mode & 022 == 0``; sshd also walks the parents, we check the config dir).
 
 A profile's ``command:`` runs as the daemon's user, so a profile that someone else can write
 is a way to run code as root. Running as root, a config file or the config directory itself
