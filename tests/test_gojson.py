@@ -80,3 +80,8 @@ def test_fold_matches_only_what_go_matches() -> None:
     assert fold("KEEP_ALIVE") == fold("keep_alive") == fold("\u212aeep_alive")
     assert fold("\u017ftream") == "stream"  # LATIN SMALL LETTER LONG S folds to s
     assert fold("k\u0130") != fold("ki")  # dotted capital I has no simple fold to i
+
+
+def test_absurd_nesting_is_refused_not_a_crash() -> None:
+    with pytest.raises(BodyError, match="nested too deeply"):
+        decode_object(b'{"model":"a","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}", POLICY_FIELDS)

@@ -80,11 +80,14 @@ def decode_object(body: bytes, fields: dict[str, str]) -> Decoded | None:
         value, end = _DECODER.raw_decode(text, start)
     except json.JSONDecodeError:
         return None  # malformed: Ollama's own 400 says what is wrong
+    except RecursionError:  # Go allows 10,000 levels, Python's stack fewer: refuse, never guess
+        raise BodyError("the request body is nested too deeply") from None
+    pairs, _LAST[0] = _LAST[0], []  # do not keep the last body alive
     if end != len(text) and text[end:].strip(_GO_WHITESPACE):
         raise BodyError("the request body has data after the JSON value; send one JSON object")
     if not isinstance(value, dict):
         return None
-    return _resolve(_LAST[0], fields)
+    return _resolve(pairs, fields)
 
 
 def _resolve(pairs: list[tuple[str, Any]], fields: dict[str, str]) -> Decoded:
