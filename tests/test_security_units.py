@@ -28,6 +28,8 @@ from llm_supervisor.control.address import ensure_socket_dir, untrusted_socket_d
 from llm_supervisor.engines.base import engine_api_key
 from llm_supervisor.errors import ConfigError, ControlError
 from llm_supervisor.gateway.auth import host_allowed
+from llm_supervisor.gateway.models_view import MAX_MODEL_ENTRIES, PolicyState
+from llm_supervisor.gateway.stats import GatewayStats
 from llm_supervisor.process.output import RotatingFile
 from tests.daemon_harness import CLI
 from tests.test_gateway import RigFactory, rig_factory  # noqa: F401 (fixture)
@@ -211,3 +213,18 @@ def test_check_validates_the_keys_file_too(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 78
     assert f"{keys}:1:" in result.stderr and "expected 'user' or 'admin'" in result.stderr
+
+
+def test_per_model_memory_stays_bounded_under_random_names() -> None:
+    stats = GatewayStats(known=lambda: {"gpt-oss:120b": "gpt-oss:120b"})
+    state = PolicyState(backend=None, stats=stats)  # type: ignore[arg-type]
+    state.record_ps("ollama", [{"name": "llama3.2:3b"}])
+    state.note_model("gpt-oss:120b")
+    state.note_model("llama3.2:3b")
+    for i in range(3 * MAX_MODEL_ENTRIES):
+        state.request_started("ollama", f"random-{i}")
+        state.request_ended("ollama", f"random-{i}")
+    assert len(state.model_last_request) <= MAX_MODEL_ENTRIES + 1
+    assert {"gpt-oss:120b", "llama3.2:3b"} <= set(state.model_last_request)  # known, loaded
+    assert not state.models_in_flight  # nothing in flight: nothing remembered
+    assert stats.label("Random-1") == "other" and stats.label("GPT-OSS:120B") == "gpt-oss:120b"
