@@ -132,6 +132,7 @@ def test_a_model_outside_the_keys_list_is_403(room: DaemonProcess) -> None:
     with pytest.raises(openai.PermissionDeniedError):
         oai.chat.completions.create(model=BIG, messages=[{"role": "user", "content": "x"}])
     assert {m.id for m in oai.models.list()} == {SMALL, "qwen3"}
+    assert {m.model for m in small.list().models} == {SMALL}  # /api/tags as the key sees it
 
 
 # -- admin routes ------------------------------------------------------------------------

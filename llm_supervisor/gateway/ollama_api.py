@@ -61,8 +61,9 @@ async def handle(
         if up is None:
             return json_response(404, {"error": "no Ollama service is configured"})
         return await gw.route(up, request, gw.body_stream(request), ollama_error)
-    if path in MERGED_PATHS and len(ollama_services(config)) > 1:
-        return await _merged(gw, path)
+    restricted = client is not None and client.models is not None
+    if path in MERGED_PATHS and (restricted or len(ollama_services(config)) > 1):
+        return await _merged(gw, path, client)  # a key sees only the models it may use
     body = await gw.read_body(request)
     inference = path in POLICY_PATHS
     try:
@@ -196,8 +197,9 @@ def _force_options(gw: Gateway, payload: dict[str, Any], model: str, policy: Pol
     return True
 
 
-async def _merged(gw: Gateway, path: str) -> web.Response:
-    """/api/tags and /api/ps across several Ollama services (unreachable ones are skipped)."""
+async def _merged(gw: Gateway, path: str, client: GatewayKey | None = None) -> web.Response:
+    """/api/tags and /api/ps across several Ollama services (unreachable ones are skipped),
+    limited to the models the client's key may use."""
     models: list[Any] = []
     reached = 0
     for up in ollama_services(gw.backend.config()):
@@ -208,4 +210,10 @@ async def _merged(gw: Gateway, path: str) -> web.Response:
             continue
     if not reached:
         return json_response(502, {"error": "no Ollama service is reachable"})
+    if client is not None:
+        models = [m for m in models if isinstance(m, dict) and client.allows(_row_name(m))]
     return json_response(200, {"models": models})
+
+
+def _row_name(row: dict[str, Any]) -> str:
+    return str(row.get("name") or row.get("model") or "")
