@@ -8,9 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +27,14 @@ from ..process.registry import GroupRegistry
 from ..process.tree import find_marked, kill_refs, killpg
 from ..reload.reloader import Reloader
 from ..reload.watcher import watch_config_dir
+from ..service.deps import GpuHooks
 from ..service.gate import StartGate
 from ..service.manager import Manager
 from ..service.starts import StartHistory
 from . import lastresort
-from .backend import DaemonBackend
+from .backend import DaemonBackend, GatewayServices
 from .sdnotify import SystemdNotifier, watchdog_loop
-from .status import summary_line
+from .status import DaemonFacts, StatusReport, summary_line
 
 log = get_logger(__name__)
 
@@ -63,22 +63,16 @@ class Daemon:
         self.notifier = SystemdNotifier()
         self.placement = Placement(GpuMonitor(make_backend()))
         self.registry = GroupRegistry(options.state_dir)
-        self.started_at = time.time()
-        self.orphans_killed = 0  # by the sweep at start (status and metrics)
-        self.started_monotonic = time.monotonic()
+        self.facts = DaemonFacts(options.config_dir, options.gateway)
         self.gateway: Gateway | None = None
         self.reloader: Reloader | None = None
         self._stop = asyncio.Event()
         self._signals = 0
         self._disarm: Callable[[], None] = lambda: None
-        self.manager: Manager  # set in run(), after the config is known to be valid
-
-    @property
-    def gateway_address(self) -> str | None:
-        if self.options.gateway is None:
-            return None
-        host, port = self.options.gateway
-        return f"{host}:{self.gateway.port if self.gateway and self.gateway.port else port}"
+        # set in _build(), once the config is known to be valid
+        self.manager: Manager
+        self.report: StatusReport
+        self.backend: DaemonBackend
 
     def load(self) -> Config:
         config, warnings = load_config(
@@ -114,7 +108,7 @@ class Daemon:
         config = self.load()  # ConfigError propagates: nothing has been started yet
         self.registry.acquire()  # before the sweep: another live daemon's engines are no orphans
         killed = await self.registry.kill_orphans()
-        self.orphans_killed = len(killed)
+        self.facts = replace(self.facts, orphans_killed=len(killed))
         if killed:
             log.warning("daemon.orphans_killed", pids=killed)
         self._build(config)
@@ -140,16 +134,13 @@ class Daemon:
             registry=self.registry,
             log_dir=self.options.log_dir,
             gate=StartGate(admit=self.placement.admit),
-            deps_overrides={
-                "cuda_devices": self.placement.cuda_devices,
-                "wait_released": self.placement.wait_released,
-            },
+            gpu_hooks=GpuHooks(self.placement.cuda_devices, self.placement.wait_released),
+            listeners=[self._publish_summary],
             start_history=StartHistory(self.options.state_dir / "starts.json"),
         )
         self.placement.manager = self.manager
-        self.backend = DaemonBackend(self)
         if self.options.gateway is not None:
-            gateway = self.gateway = Gateway(self.backend)
+            gateway = self.gateway = Gateway(GatewayServices(self.manager))
             self.placement.on_critical = lambda event: relieve(gateway, self.manager.config, event)
         busy = self._busy
         self.placement.busy = busy
@@ -158,7 +149,13 @@ class Daemon:
             on_reloading=self.notifier.reloading,
             on_done=lambda record: self.notifier.ready(),
         )  # fmt: skip
-        self.manager.listeners.append(lambda *_: self.notifier.status(summary_line(self)))
+        self.report = StatusReport(
+            self.facts, self.manager, self.placement, self.gateway, self.reloader
+        )
+        self.backend = DaemonBackend(self.manager, self.placement, self.reloader, self.report)
+
+    def _publish_summary(self, *_: object) -> None:
+        self.notifier.status(summary_line(self.manager))
 
     def _busy(self, name: str) -> bool:
         return self.gateway is not None and name in self.gateway.state.busy_services()
@@ -188,13 +185,13 @@ class Daemon:
         self._spawn(group, "gpu", self.placement.run(self.options.gpu_interval))
         self._spawn(group, "status", self._status_loop())
         await self.manager.start_boot_services()
-        self.notifier.ready(status=summary_line(self))
+        self.notifier.ready(status=summary_line(self.manager))
         # WATCHDOG=1 is sent from this event loop: if the loop blocks, systemd notices.
         self._spawn(group, "watchdog", watchdog_loop(
             self.notifier, self.notifier.watchdog_interval()
         ))  # fmt: skip
         log.info("daemon.ready", services=len(self.manager.services),
-                 control=self.options.control, gateway=self.gateway_address)  # fmt: skip
+                 control=self.options.control, gateway=self.report.gateway_address())  # fmt: skip
 
     async def _started(self, waits: list[Any]) -> None:
         """Wait for the listeners; a task that died instead (port taken) raises here."""
@@ -217,7 +214,7 @@ class Daemon:
 
     async def _status_loop(self) -> None:
         while True:
-            self.notifier.status(summary_line(self))
+            self._publish_summary()
             await asyncio.sleep(5)
 
     # -- shutdown, in order ------------------------------------------------------------
