@@ -19,6 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "-v", "--verbose", action="store_true",
         help="also say when the GPUs' facts were not available (no driver, --no-gpus)",
     )  # fmt: skip
+    parser.add_argument(
+        "--gateway-keys", type=Path, default=None,
+        help="check this gateway keys file too (default: $CREDENTIALS_DIRECTORY/gateway-keys)",
+    )  # fmt: skip
 
 
 def gpu_totals() -> tuple[dict[int | str, int] | None, str | None]:
@@ -40,6 +44,7 @@ def gpu_totals() -> tuple[dict[int | str, int] | None, str | None]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..config.keysfile import gateway_keys_file
     from ..config.load import load_config
     from ..logsetup import configure_logging
 
@@ -47,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     totals, unavailable = gpu_totals() if args.gpus else (None, "not asked (--no-gpus)")
     if unavailable and args.verbose:  # a build machine without a driver is normal
         print(f"note: {unavailable}; GPU existence and memory budgets not checked", file=sys.stderr)
-    config, warnings = load_config(args.config_dir, totals)
+    keys = gateway_keys_file(args.gateway_keys)
+    config, warnings = load_config(args.config_dir, totals, keys_file=keys)
     for issue in warnings:
         print(f"warning: {issue.format()}", file=sys.stderr)
     count = len(config.services)

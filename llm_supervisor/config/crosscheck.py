@@ -3,7 +3,6 @@ and policy entries that refer to no model (warnings)."""
 
 from __future__ import annotations
 
-import fnmatch
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -182,7 +181,7 @@ def _policy_references(
                 models.add(spec.public_name)
     issues = []
     for i, rule in enumerate(policy.keep_alive.rules):
-        if not any(fnmatch.fnmatchcase(m, rule.match) for m in models):
+        if not any(matches_model_pattern(m, rule.match) for m in models):
             msg = f"rule {rule.match!r} matches no model named in the profiles"
             key: Key = ("keep_alive", "rules", i, "match")
             issues.append(_issue(docs, source, key, msg, "warning"))

@@ -25,6 +25,7 @@ from .fieldtypes import LocatedValueError as LocatedValueError
 from .fieldtypes import Port as Port
 from .fieldtypes import ServiceName as ServiceName
 from .fieldtypes import parse_size as parse_size
+from .gatewaykeys import GatewayKeys
 from .modelnames import same_model
 
 
@@ -256,6 +257,10 @@ class Policy(Strict):
     pressure: PressureSpec = Field(
         default=PressureSpec(), description="GPU memory pressure thresholds (fractions)."
     )
+    admin_routes: Literal["deny", "allow"] = Field(
+        default="deny",
+        description="Without gateway keys: allow /api/pull, /api/delete, /api/create … to anyone.",
+    )
     evict_idle: bool = Field(
         default=True,
         description="Admission may stop idle, non-pinned services on a full GPU to start another.",
@@ -279,6 +284,13 @@ class Policy(Strict):
         """The one answer to "is this model pinned?" (names compared as Ollama does)."""
         return any(same_model(model, pin) for pin in self.pin)
 
+    def fallbacks_for(self, model: str) -> tuple[str, ...]:
+        """The models that may serve a request for ``model`` (names compared as Ollama does)."""
+        for name, alternatives in self.fallbacks.items():
+            if same_model(model, name):
+                return alternatives
+        return ()
+
 
 class ServiceConfig(Strict):
     """A service with what the daemon resolved around it."""
@@ -295,3 +307,5 @@ class Config(Strict):
     services: dict[str, ServiceConfig] = Field(default_factory=dict)
     policy: Policy = Policy()
     policy_source: str | None = None
+    # The gateway's API keys (run --gateway-keys); None: the gateway is open.
+    gateway_keys: GatewayKeys | None = None

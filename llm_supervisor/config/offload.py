@@ -43,24 +43,28 @@ async def load_config_off_loop(
     config_dir: Path,
     gpu_totals: dict[int | str, int] | None = None,
     *,
+    keys_file: Path | None = None,
     offload_bytes: int = OFFLOAD_BYTES,
     timeout: float = CHILD_TIMEOUT,
 ) -> Loaded:
     """``load_config`` in a thread, or for a big directory in a child process."""
     if await asyncio.to_thread(config_bytes, config_dir) < offload_bytes:
-        return await asyncio.to_thread(load_config, config_dir, gpu_totals)
-    return await _in_child(config_dir, gpu_totals, timeout)
+        return await asyncio.to_thread(load_config, config_dir, gpu_totals, keys_file)
+    return await _in_child(config_dir, gpu_totals, keys_file, timeout)
 
 
 async def _in_child(
-    config_dir: Path, gpu_totals: dict[int | str, int] | None, timeout: float
+    config_dir: Path,
+    gpu_totals: dict[int | str, int] | None,
+    keys_file: Path | None,
+    timeout: float,
 ) -> Loaded:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", __name__,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    request = pickle.dumps((str(config_dir), gpu_totals))
+    request = pickle.dumps((str(config_dir), gpu_totals, keys_file and str(keys_file)))
     try:
         out, err = await asyncio.wait_for(proc.communicate(request), timeout)
     except BaseException:  # timeout or cancellation: leave no child behind
@@ -85,10 +89,11 @@ def _loads(data: bytes) -> Any:
 
 
 def _child() -> None:
-    config_dir, gpu_totals = pickle.load(sys.stdin.buffer)
+    config_dir, gpu_totals, keys_file = pickle.load(sys.stdin.buffer)
     result: tuple[str, Any]
     try:
-        result = ("ok", load_config(Path(config_dir), gpu_totals))
+        keys = Path(keys_file) if keys_file else None
+        result = ("ok", load_config(Path(config_dir), gpu_totals, keys))
     except ConfigError as exc:
         result = ("error", exc.issues + exc.warnings)
     sys.stdout.buffer.write(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))

@@ -50,6 +50,7 @@ class DaemonOptions:
     log_dir: Path
     control: str
     gateway: tuple[str, int] | None = ("127.0.0.1", 11434)
+    gateway_keys: Path | None = None  # re-read with the config on every reload
     token_file: Path | None = None
     socket_group: str | None = None
     shutdown_timeout: float = 60.0
@@ -76,12 +77,16 @@ class Daemon:
         self.backend: DaemonBackend
 
     def load(self) -> Config:
-        config, warnings = load_config(self.options.config_dir, self.placement.totals())
+        config, warnings = load_config(
+            self.options.config_dir, self.placement.totals(), keys_file=self.options.gateway_keys
+        )
         return self._warned(config, warnings)
 
     async def load_off_loop(self) -> Config:
         """For reloads: the event loop keeps serving while a big file parses."""
-        loaded = await load_config_off_loop(self.options.config_dir, self.placement.totals())
+        loaded = await load_config_off_loop(
+            self.options.config_dir, self.placement.totals(), keys_file=self.options.gateway_keys
+        )
         return self._warned(*loaded)
 
     def _warned(self, config: Config, warnings: list[ConfigIssue]) -> Config:

@@ -17,12 +17,13 @@ from aiohttp import web
 from ..errors import StartFailedError
 from ..logsetup import get_logger
 from . import ollama_api, openai_api
+from .auth import host_allowed, host_refused, is_loopback_bind, presented_key, unauthorized
 from .backend import GatewayBackend, Rebuild, Upstream
 from .idle import IdleWatcher
 from .models_view import Clock, PolicyState
 from .pins import PinReconciler
 from .queue import WaitingRoom, queue_document, retry_after
-from .routing import ollama_for
+from .routing import ollama_for, routes_for
 from .stats import GatewayStats
 from .upstream import (
     FIRST_BYTE_AT,
@@ -56,6 +57,7 @@ class Gateway:
     ) -> None:
         self.backend = backend
         self.stats = stats or GatewayStats()
+        self.stats.known = lambda: routes_for(backend.config()).known_models
         self.state = PolicyState(backend, self.stats, clock)
         self.client = UpstreamClient()
         self.pins = PinReconciler(self.state, self.client, pin_interval)
@@ -63,8 +65,23 @@ class Gateway:
         self.waiting = WaitingRoom()
         self.started_at = int(clock())
         self.port: int | None = None  # the bound port once serving (useful with port 0)
+        self.loopback = True  # bound to loopback: the Host header is checked as Ollama does
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        # Before the body is read (and before 100-continue invites it): who is asking.
+        # The Host header itself: aiohttp's request.host falls back to a DNS lookup.
+        if self.loopback and not host_allowed(request.headers.get("Host", "")):
+            self.stats.refusals["host"] += 1
+            return host_refused()
+        client = None
+        if (keys := self.backend.config().gateway_keys) is not None:
+            presented = presented_key(request)
+            client = keys.lookup(presented)
+            if client is None:
+                self.stats.refusals["no_key" if presented is None else "bad_key"] += 1
+                log.info("gateway.unauthorized", client=request.remote, path=request.path)
+                return unauthorized(request.path)
+            self.stats.key_requests[client.name] += 1
         if request.version >= (1, 1) and _expects_continue(request):
             # aiohttp's router would answer this; the low-level server leaves it to us. The
             # client waits for it before sending the body (curl: 1 s, then sends anyway).
@@ -72,9 +89,9 @@ class Gateway:
             request.writer.output_size = 0  # the response proper has not started
         path = request.path
         if path.startswith("/api/"):
-            return await ollama_api.handle(self, request)
+            return await ollama_api.handle(self, request, client)
         if path.startswith("/v1/"):
-            return await openai_api.handle(self, request)
+            return await openai_api.handle(self, request, client)
         if path == "/" and (up := ollama_for(self.backend.config(), None)):
             return await self.route(up, request, b"", ollama_error, ensure=False)
         return json_response(404, {"error": f"no route for {path}"})
@@ -127,7 +144,7 @@ class Gateway:
             return await self._forward(up, request, body, error_body, started, model=model, api=api)
 
     def _fallbacks(self, model: str | None) -> tuple[str, ...]:
-        return self.backend.config().policy.fallbacks.get(model, ()) if model else ()
+        return self.backend.config().policy.fallbacks_for(model) if model else ()
 
     async def _wait_ready(
         self, up: Upstream, error_body: ErrorBody, may_fall_back: bool
@@ -208,8 +225,10 @@ class Gateway:
         self.stats.requests[(up.service, api)] += 1
         if model:
             self.state.request_started(model)
+        # With gateway keys, the client's key is the gateway's business: never the engine's.
+        keyed = self.backend.config().gateway_keys is not None
         try:
-            response = await self.client.forward(up, request, body, headers)
+            response = await self.client.forward(up, request, body, headers, strip_auth=keyed)
             first_byte = response.get(FIRST_BYTE_AT)
             self.stats.observe(
                 up.service,
@@ -269,6 +288,13 @@ class Gateway:
         """Serve until cancelled; then finish gracefully (open streams get 5 s)."""
         # handler_cancellation: a client that hangs up cancels its handler, and with it the
         # engine request (the rule "client gone → upstream cancelled").
+        self.loopback = is_loopback_bind(host)
+        if not self.loopback and self.backend.config().gateway_keys is None:
+            log.warning(
+                "gateway.open_without_keys", address=f"{host}:{port}",
+                hint="anyone who can reach this address can use every model; "
+                "see --gateway-keys in the README's Security section",
+            )  # fmt: skip
         server = web.Server(self.handle, handler_cancellation=True, access_log=None)
         runner = web.ServerRunner(server, shutdown_timeout=GRACEFUL_SHUTDOWN)
         await runner.setup()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..config.models import Config
@@ -18,6 +18,8 @@ class Upstream:
     service: str
     engine: str  # "vllm" | "ollama" | "command"
     port: int
+    served: str | None = None  # vLLM/command: the exact model name the engine answers to
+    api_key: str | None = field(default=None, repr=False)  # the engine's own key, sent upstream
 
     @property
     def base_url(self) -> str:

@@ -17,6 +17,7 @@ from .keepalive import rule_for
 from .stats import GatewayStats
 
 Clock = Callable[[], float]
+MAX_MODEL_ENTRIES = 4096  # per-model memory beyond this keeps only configured or loaded models
 
 
 def iso(ts: float | None) -> str | None:
@@ -51,11 +52,28 @@ class PolicyState:
         self.models_in_flight[canonical_model_name(model)] += 1
 
     def request_ended(self, model: str) -> None:
-        self.note_model(model)
-        self.models_in_flight[canonical_model_name(model)] -= 1
+        name = canonical_model_name(model)
+        self._note(name, self.clock())
+        self.models_in_flight[name] -= 1
+        if self.models_in_flight[name] <= 0:  # client-chosen names must not pile up
+            del self.models_in_flight[name]
 
     def note_model(self, model: str) -> None:
-        self.model_last_request[canonical_model_name(model)] = self.clock()
+        self._note(canonical_model_name(model), self.clock())
+
+    def _note(self, model: str, now: float) -> None:
+        self.model_last_request[model] = now
+        if len(self.model_last_request) > MAX_MODEL_ENTRIES:
+            self._forget_strangers()
+
+    def _forget_strangers(self) -> None:
+        """Keep the models the config names or an Ollama has loaded; a flood of random names
+        (each a 404 from Ollama) must not grow the daemon without bound."""
+        keep = set(self.stats.known())
+        for rows in self.ps.values():
+            keep.update(canonical_model_name(str(m.get("name", ""))) for m in rows or ())
+        for name in [m for m in self.model_last_request if m not in keep]:
+            del self.model_last_request[name]
 
     def busy_models(self) -> frozenset[str]:
         return frozenset(m for m, n in self.models_in_flight.items() if n > 0)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config.models import ServiceConfig
+from ..config.secrets import redact_argv, secret_values
 from ..config.vllmargs import respell
 from ..engines import engine_for
 from ..errors import PortInUseError, StartFailedError
@@ -332,6 +333,7 @@ class Service:
                 hint=f"stop {owner} or give this service another port",
             )  # fmt: skip
         env = self._environment()
+        self._mask_secrets()
         self._run_started = self.deps.wall_clock()  # output after this belongs to this run
         self.spawned_at = self.deps.clock()
         child = await ChildProcess.spawn(
@@ -342,10 +344,16 @@ class Service:
         self._child = child
         child.on_tree_grew = self._record_tree
         self._record_tree(child)
-        log.info(
-            "service.spawned", service=self.name, pid=child.pid, argv=self.engine.argv(self.config)
-        )
+        argv = redact_argv(self.engine.argv(self.config))  # the engine got the real values
+        log.info("service.spawned", service=self.name, pid=child.pid, argv=argv)
         return child
+
+    def _mask_secrets(self) -> None:
+        """The engine may print its key (vLLM logs its arguments): keep it out of logs."""
+        secrets = secret_values(self.config.spec.args, self.config.spec.env)
+        self.ring.secrets = secrets
+        if self._sink is not None:
+            self._sink.secrets = tuple(s.encode() for s in secrets)
 
     def _record_tree(self, child: ChildProcess) -> None:
         self.deps.registry.record(self.name, child.pid, child.create_time, child.known)
