@@ -132,13 +132,16 @@ async def run_gateway(port: int, upstream: int) -> None:
         def config(self) -> Config:
             return config
 
+        def lease(self, service: str) -> contextlib.nullcontext[None]:
+            return contextlib.nullcontext()
+
         async def ensure_ready(self, service: str) -> None:
             return None
 
-        async def stop_idle(self, service: str) -> None:
-            return None
+        async def stop_if_idle(self, service: str, idle_for: float) -> bool:
+            return False
 
-        def note_request(self, service: str) -> None:
+        def usage(self, service: str) -> None:
             return None
 
     await Gateway(Backend()).serve("127.0.0.1", port, loops=False)

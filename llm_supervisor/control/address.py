@@ -1,12 +1,13 @@
 """Where the control API lives: address parsing, the default socket path, the token file.
 
-Kept free of server imports so the CLI starts fast.
+Kept free of server and client imports: every CLI command parses its arguments with it.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import argparse
 import os
+import stat
 from pathlib import Path
 
 from ..errors import ControlAddressError, ControlError
@@ -53,15 +54,6 @@ def parse_address(address: str) -> tuple[str, str | int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def read_token(token_file: Path | None) -> str | None:
     if token_file is None:
         return None
@@ -72,3 +64,70 @@ def read_token(token_file: Path | None) -> str | None:
     if not token:
         raise ControlError(f"token file {token_file} is empty")
     return token
+
+
+def untrusted_socket_dir(directory: Path, euid: int | None = None) -> str | None:
+    """Why a non-root user must not trust the socket's directory, or None.
+
+    ``/tmp/llm-supervisor-$UID`` can be created by anyone before we get there; whoever owns
+    it can put a socket of their own in it and read every command (and token) we send.
+    Root (and a root-owned directory such as /run/llm-supervisor) is trusted.
+    """
+    euid = os.geteuid() if euid is None else euid
+    try:
+        info = directory.stat()
+    except OSError:
+        return None  # not there: connecting fails with its own message
+    if euid == 0 or info.st_uid == 0:
+        return None
+    if info.st_uid != euid:
+        return f"{directory} is owned by uid {info.st_uid}, not by you (uid {euid}); refusing it"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"{directory} is writable by others (mode {stat.S_IMODE(info.st_mode):04o})"
+    return None
+
+
+def ensure_socket_dir(directory: Path, euid: int | None = None) -> None:
+    """Create the socket's directory (0700 for a non-root daemon) or refuse a foreign one."""
+    euid = os.geteuid() if euid is None else euid
+    if not directory.exists():
+        try:
+            directory.mkdir(parents=True, mode=0o755 if euid == 0 else 0o700)
+        except FileExistsError:
+            pass  # created meanwhile: judged below like any existing one
+        except OSError as exc:
+            raise ControlError(f"cannot create {directory}: {exc.strerror}") from None
+    reason = untrusted_socket_dir(directory, euid)
+    if reason:
+        raise ControlError(f"control socket directory: {reason}")
+
+
+def server_token(address: str, token_file: Path | None) -> str | None:
+    """The token the control API on ``address`` requires (read from ``token_file``).
+
+    TCP always needs one, loopback included: any web page in the operator's browser can
+    reach 127.0.0.1, and other local users can too. The Unix socket's file mode is its
+    access control, so it needs none (one given is still required there).
+    """
+    host, _ = parse_address(address)
+    token = read_token(token_file)
+    if host != "unix" and token is None:
+        raise ControlAddressError(
+            f"the control API on TCP ({address}) needs a bearer token: pass --token-file FILE "
+            "(a file holding a random secret), or serve it on a Unix socket (unix:PATH)"
+        )
+    return token
+
+
+def add_control_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--control`` and ``--token-file``, shared by every command that talks to the daemon."""
+    parser.add_argument(
+        "--control",
+        metavar="unix:PATH|HOST:PORT",
+        help="control API address (default: $LLM_SUPERVISOR_CONTROL, else the default socket)",
+    )
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        help="bearer token for a TCP control API (default: $LLM_SUPERVISOR_TOKEN_FILE)",
+    )

@@ -1,4 +1,4 @@
-"""What the control API needs from the daemon: one protocol, implemented by the Manager side.
+"""What the control API needs from the daemon: one protocol, implemented by DaemonBackend.
 
 The status document (``status()``) is the stable schema behind ``status --json`` and the
 metrics. Fields marked *metrics* feed Prometheus families; a backend that lacks them still
@@ -39,7 +39,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from ..process.output import LogLine
+from ..process.logline import LogLine
 
 SERVICE_STATES = ("stopped", "starting", "ready", "stopping", "backoff", "fatal")
 __all__ = ["ControlBackend", "LogLine"]

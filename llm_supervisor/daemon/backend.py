@@ -1,83 +1,111 @@
-"""DaemonBackend: what the control API and the gateway may ask of the daemon.
+"""What the control API and the gateway may ask of the daemon, each from the parts it needs.
 
-A thin adapter: every request becomes an outcome asked of a Service or the Reloader; no
+Thin adapters: every request becomes an outcome asked of a Service or the Reloader; no
 state is read here to decide whether to start or stop anything.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractContextManager
+from typing import Any
 
 from ..config.models import Config
-from ..process.output import LogLine
-from .status import build_status
-
-if TYPE_CHECKING:
-    from ..service.manager import Manager
-    from .daemon import Daemon
+from ..gpu.placement import Placement
+from ..process.logline import LogLine
+from ..reload.reloader import Reloader
+from ..service.manager import Manager
+from ..service.usage import Usage
+from .status import StatusReport
 
 
 class DaemonBackend:
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    """The control API's ControlBackend (control/backend.py)."""
 
-    @property
-    def manager(self) -> Manager:
-        return self.daemon.manager
-
-    # -- control API -------------------------------------------------------------------
+    def __init__(
+        self,
+        manager: Manager,
+        placement: Placement,
+        reloader: Reloader,
+        report: StatusReport,
+        pins_loaded: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
+        self._manager = manager
+        self._placement = placement
+        self._reloader = reloader
+        self._report = report
+        # The gateway's PinReconciler.wait_loaded; None without a gateway (no pins then).
+        self._pins_loaded_hook = pins_loaded
 
     def status(self) -> dict[str, Any]:
-        return build_status(self.daemon)
+        return self._report.document()
 
     def gpus(self) -> dict[str, Any]:
-        return self.daemon.placement.status(self.manager.config)
+        return self._placement.status(self._manager.config)
 
     async def start(self, name: str, wait: bool) -> None:
-        await self.manager.get(name).start(wait=wait)
+        await self._manager.get(name).start(wait=wait)
+        if wait:
+            await self._pins_loaded(name)
 
     async def stop(self, name: str) -> None:
-        await self.manager.get(name).stop("requested")
+        await self._manager.get(name).stop("requested")
 
     async def restart(self, name: str, wait: bool) -> None:
-        await self.manager.get(name).restart("requested", wait=wait)
+        await self._manager.get(name).restart("requested", wait=wait)
+        if wait:
+            await self._pins_loaded(name)
+
+    async def _pins_loaded(self, name: str) -> None:
+        """``--wait`` on an Ollama service ends once the pins its ready started are loaded."""
+        if self._pins_loaded_hook is not None:
+            await self._pins_loaded_hook(name)
 
     async def reload(self, wait: bool, dry_run: bool) -> dict[str, Any]:
-        reloader = self.daemon.reloader
-        assert reloader is not None
         if dry_run:
-            return reloader.dry_run()
-        future = reloader.request()
+            return await self._reloader.dry_run()
+        future = self._reloader.request()
         if not wait:
             return {"result": "queued", "errors": [], "changes": {}}
         return await asyncio.shield(future)
 
     def log_tail(self, name: str, lines: int, since: float | None) -> list[LogLine]:
-        return self.manager.log_tail(name, lines, since)
+        return self._manager.log_tail(name, lines, since)
 
     def follow_logs(self, name: str) -> AsyncIterator[LogLine]:
-        return self.manager.follow_logs(name)
+        return self._manager.follow_logs(name)
 
-    # -- gateway -----------------------------------------------------------------------
+
+class GatewayServices:
+    """The gateway's GatewayBackend (gateway/backend.py): the services, by name."""
+
+    def __init__(self, manager: Manager) -> None:
+        self._manager = manager
 
     def config(self) -> Config:
-        return self.manager.config
+        return self._manager.config
 
     async def ensure_ready(self, service: str) -> None:
-        svc = self.manager.get(service)
+        svc = self._manager.get(service)
         timeout = svc.config.spec.health.startup_timeout or svc.engine.startup_timeout
         await svc.ensure_ready(timeout)
 
-    async def stop_idle(self, service: str) -> None:
-        await self.manager.get(service).stop("idle")
+    def lease(self, service: str) -> AbstractContextManager[object]:
+        svc = self._manager.services.get(service)
+        # A service a reload just removed: the request goes on to its error, nothing to hold.
+        return svc.lease() if svc is not None else contextlib.nullcontext()
+
+    async def stop_if_idle(self, service: str, idle_for: float) -> bool:
+        return await self._manager.get(service).stop_if_idle(idle_for)
+
+    def usage(self, service: str) -> Usage | None:
+        svc = self._manager.services.get(service)
+        return svc.usage() if svc is not None else None
 
     def eta(self, service: str) -> float | None:
-        return self.manager.get(service).eta()
+        return self._manager.get(service).eta()
 
     def states(self) -> dict[str, str]:
-        return {name: str(s.state) for name, s in self.manager.services.items()}
-
-    def note_request(self, service: str) -> None:
-        self.manager.note_request(service)
+        return {name: str(s.state) for name, s in self._manager.services.items()}

@@ -8,33 +8,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ..config.load import load_config
 from ..config.models import Config
+from ..config.offload import load_config_off_loop
 from ..control.server import serve_control
-from ..errors import SupervisorError
+from ..errors import ConfigIssue, SupervisorError
 from ..gateway.app import Gateway
 from ..gateway.relief import relieve
 from ..gpu.fake import make_backend
 from ..gpu.nvml import GpuMonitor
-from ..gpu.placement import Placement
+from ..gpu.placement import Placement, PlacementHooks
+from ..gpu.pressure import PressureEvent
 from ..logsetup import get_logger
 from ..process.registry import GroupRegistry
 from ..process.tree import find_marked, kill_refs, killpg
 from ..reload.reloader import Reloader
 from ..reload.watcher import watch_config_dir
+from ..service.deps import GpuHooks
 from ..service.gate import StartGate
 from ..service.manager import Manager
 from ..service.starts import StartHistory
 from . import lastresort
-from .backend import DaemonBackend
+from .backend import DaemonBackend, GatewayServices
 from .sdnotify import SystemdNotifier, watchdog_loop
-from .status import summary_line
+from .status import DaemonFacts, StatusReport, summary_line
 
 log = get_logger(__name__)
 
@@ -48,6 +50,7 @@ class DaemonOptions:
     log_dir: Path
     control: str
     gateway: tuple[str, int] | None = ("127.0.0.1", 11434)
+    gateway_keys: Path | None = None  # re-read with the config on every reload
     token_file: Path | None = None
     socket_group: str | None = None
     shutdown_timeout: float = 60.0
@@ -60,27 +63,33 @@ class Daemon:
     def __init__(self, options: DaemonOptions) -> None:
         self.options = options
         self.notifier = SystemdNotifier()
-        self.placement = Placement(GpuMonitor(make_backend()))
+        self.placement = Placement(GpuMonitor(make_backend()), self._placement_hooks())
         self.registry = GroupRegistry(options.state_dir)
-        self.started_at = time.time()
-        self.orphans_killed = 0  # by the sweep at start (status and metrics)
-        self.started_monotonic = time.monotonic()
+        self.facts = DaemonFacts(options.config_dir, options.gateway)
         self.gateway: Gateway | None = None
         self.reloader: Reloader | None = None
         self._stop = asyncio.Event()
         self._signals = 0
         self._disarm: Callable[[], None] = lambda: None
-        self.manager: Manager  # set in run(), after the config is known to be valid
-
-    @property
-    def gateway_address(self) -> str | None:
-        if self.options.gateway is None:
-            return None
-        host, port = self.options.gateway
-        return f"{host}:{self.gateway.port if self.gateway and self.gateway.port else port}"
+        # set in _build(), once the config is known to be valid
+        self.manager: Manager
+        self.report: StatusReport
+        self.backend: DaemonBackend
 
     def load(self) -> Config:
-        config, warnings = load_config(self.options.config_dir, self.placement.totals())
+        config, warnings = load_config(
+            self.options.config_dir, self.placement.totals(), keys_file=self.options.gateway_keys
+        )
+        return self._warned(config, warnings)
+
+    async def load_off_loop(self) -> Config:
+        """For reloads: the event loop keeps serving while a big file parses."""
+        loaded = await load_config_off_loop(
+            self.options.config_dir, self.placement.totals(), keys_file=self.options.gateway_keys
+        )
+        return self._warned(*loaded)
+
+    def _warned(self, config: Config, warnings: list[ConfigIssue]) -> Config:
         for issue in warnings:
             log.warning("config.warning", issue=issue.format())
         return config
@@ -111,7 +120,7 @@ class Daemon:
         config = self.load()  # ConfigError propagates: nothing has been started yet
         self.registry.acquire()  # before the sweep: another live daemon's engines are no orphans
         killed = await self.registry.kill_orphans()
-        self.orphans_killed = len(killed)
+        self.facts = replace(self.facts, orphans_killed=len(killed))
         if killed:
             log.warning("daemon.orphans_killed", pids=killed)
         self._build(config)
@@ -137,28 +146,43 @@ class Daemon:
             registry=self.registry,
             log_dir=self.options.log_dir,
             gate=StartGate(admit=self.placement.admit),
-            deps_overrides={
-                "cuda_devices": self.placement.cuda_devices,
-                "wait_released": self.placement.wait_released,
-            },
+            gpu_hooks=GpuHooks(self.placement.cuda_devices, self.placement.wait_released),
+            listeners=[self._publish_summary],
             start_history=StartHistory(self.options.state_dir / "starts.json"),
         )
-        self.placement.manager = self.manager
-        self.backend = DaemonBackend(self)
         if self.options.gateway is not None:
-            gateway = self.gateway = Gateway(self.backend)
-            self.placement.on_critical = lambda event: relieve(gateway, self.manager.config, event)
-        busy = self._busy
-        self.placement.busy = busy
+            self.gateway = Gateway(GatewayServices(self.manager))
+            self.manager.listeners.append(self.gateway.pins.on_state)  # pins load at ready
         self.reloader = Reloader(
-            self.options.config_dir, self.manager, self.load, busy=busy,
+            self.options.config_dir, self.manager, self.load, load_async=self.load_off_loop,
             on_reloading=self.notifier.reloading,
             on_done=lambda record: self.notifier.ready(),
         )  # fmt: skip
-        self.manager.listeners.append(lambda *_: self.notifier.status(summary_line(self)))
+        self.report = StatusReport(
+            self.facts, self.manager, self.placement, self.gateway, self.reloader
+        )
+        self.backend = DaemonBackend(
+            self.manager, self.placement, self.reloader, self.report,
+            pins_loaded=self.gateway.pins.wait_loaded if self.gateway else None,
+        )  # fmt: skip
 
-    def _busy(self, name: str) -> bool:
-        return self.gateway is not None and name in self.gateway.state.busy_services()
+    def _publish_summary(self, *_: object) -> None:
+        self.notifier.status(summary_line(self.manager))
+
+    def _placement_hooks(self) -> PlacementHooks:
+        """Placement exists before the config (it validates GPU references), the services
+        after it: the hooks ask for them at each use."""
+
+        async def relieve_pressure(event: PressureEvent) -> None:
+            if self.gateway is not None:
+                state, client = self.gateway.state, self.gateway.client
+                await relieve(state, client, self.manager.config, event)
+
+        return PlacementHooks(
+            services=lambda: self.manager.services,
+            policy=lambda: self.manager.config.policy,
+            on_critical=relieve_pressure,
+        )
 
     async def _start(self, group: asyncio.TaskGroup) -> None:
         """Control socket and gateway first, then boot services, then READY=1."""
@@ -185,13 +209,13 @@ class Daemon:
         self._spawn(group, "gpu", self.placement.run(self.options.gpu_interval))
         self._spawn(group, "status", self._status_loop())
         await self.manager.start_boot_services()
-        self.notifier.ready(status=summary_line(self))
+        self.notifier.ready(status=summary_line(self.manager))
         # WATCHDOG=1 is sent from this event loop: if the loop blocks, systemd notices.
         self._spawn(group, "watchdog", watchdog_loop(
             self.notifier, self.notifier.watchdog_interval()
         ))  # fmt: skip
         log.info("daemon.ready", services=len(self.manager.services),
-                 control=self.options.control, gateway=self.gateway_address)  # fmt: skip
+                 control=self.options.control, gateway=self.report.gateway_address())  # fmt: skip
 
     async def _started(self, waits: list[Any]) -> None:
         """Wait for the listeners; a task that died instead (port taken) raises here."""
@@ -214,7 +238,7 @@ class Daemon:
 
     async def _status_loop(self) -> None:
         while True:
-            self.notifier.status(summary_line(self))
+            self._publish_summary()
             await asyncio.sleep(5)
 
     # -- shutdown, in order ------------------------------------------------------------

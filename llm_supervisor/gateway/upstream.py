@@ -41,8 +41,10 @@ _DROP = frozenset(
         "expect",  # the gateway answers 100-continue itself and forwards the whole body
     }
 )  # fmt: skip
-_DROP_RESPONSE = _DROP - {"content-length"}  # body bytes pass unchanged: length stays right
+_DROP_AUTH = _DROP | {"authorization", "x-api-key"}  # the client's key stays at the gateway
 _DROP_RAW = frozenset(name.encode() for name in _DROP)
+_DROP_AUTH_RAW = frozenset(name.encode() for name in _DROP_AUTH)
+_DROP_RESPONSE = _DROP - {"content-length"}  # body bytes pass unchanged: length stays right
 _NO_BODY_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
 _BUFFER_LIMIT = 1 << 20  # answers with a known length below this are sent in one write
 
@@ -122,17 +124,20 @@ class UpstreamClient:
         request: web.BaseRequest,
         body: bytes | AsyncIterator[bytes] | None,
         extra_headers: list[tuple[str, str]] | None = None,
+        *,
+        strip_auth: bool = False,
     ) -> web.StreamResponse:
         """Proxy the exchange. A client hang-up cancels this task (handler_cancellation),
         and the cancellation closes the engine connection, so the engine stops the work."""
         if (body is None or isinstance(body, bytes)) and _leanable(request):
-            return await self._lean(up, request, body or b"", extra_headers or [])
+            head = _request_head(request, up, body or b"", strip_auth)
+            return await self._lean(up, request, head, body or b"", extra_headers or [])
         try:
             resp = await self.session().request(
                 request.method,
                 up.base_url + request.raw_path,  # raw_path keeps the query string as sent
                 data=body or None,  # b"": no payload object, aiohttp still sends the length
-                headers=_request_headers(request),
+                headers=_request_headers(request, up, strip_auth),
                 allow_redirects=False,
             )
         except aiohttp.ClientConnectionError as exc:
@@ -150,9 +155,14 @@ class UpstreamClient:
             resp.release()
 
     async def _lean(
-        self, up: Upstream, request: web.BaseRequest, body: bytes, extra: list[tuple[str, str]]
+        self,
+        up: Upstream,
+        request: web.BaseRequest,
+        head: bytes,
+        body: bytes,
+        extra: list[tuple[str, str]],
     ) -> web.StreamResponse:
-        conn = await self._send(up, request, _request_head(request, up, body), body)
+        conn = await self._send(up, request, head, body)
         try:
             return await _pass_on(conn, request, up, extra)
         except BaseException:
@@ -209,15 +219,19 @@ def _unavailable(up: Upstream, error: Exception) -> UpstreamUnavailable:
     return UpstreamUnavailable(f"engine {up.service} unreachable on 127.0.0.1:{up.port}: {error}")
 
 
-def _request_head(request: web.BaseRequest, up: Upstream, body: bytes) -> bytes:
-    """The request as the engine gets it: the client's headers minus hop-by-hop ones, Host
-    set to the engine's address (Ollama 403s others), X-Forwarded-For added."""
+def _request_head(request: web.BaseRequest, up: Upstream, body: bytes, strip_auth: bool) -> bytes:
+    """The request as the engine gets it: the client's headers minus hop-by-hop ones (and
+    its key, as ``_request_headers`` says), Host set to the engine's address (Ollama 403s
+    others), X-Forwarded-For added."""
     method = request.method
     target = request.raw_path.encode("utf-8", "surrogateescape")
     parts = [b"%s %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % (method.encode(), target, up.port)]
+    drop = _DROP_AUTH_RAW if strip_auth or up.api_key else _DROP_RAW
     for name, value in request.raw_headers:
-        if name.lower() not in _DROP_RAW:
+        if name.lower() not in drop:
             parts += (name, b": ", value, b"\r\n")
+    if up.api_key:
+        parts.append(_header_lines([("Authorization", f"Bearer {up.api_key}")]))
     if request.remote:
         parts.append(b"X-Forwarded-For: %s\r\n" % request.remote.encode())
     if body or method not in _NO_BODY_METHODS:
@@ -301,8 +315,13 @@ def _response_headers(resp: aiohttp.ClientResponse, drop: frozenset[str]) -> lis
     return [(k, v) for k, v in resp.headers.items() if k.lower() not in drop]
 
 
-def _request_headers(request: web.BaseRequest) -> list[tuple[str, str]]:
-    headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _DROP]
+def _request_headers(
+    request: web.BaseRequest, up: Upstream, strip_auth: bool
+) -> list[tuple[str, str]]:
+    drop = _DROP_AUTH if strip_auth or up.api_key else _DROP
+    headers = [(k, v) for k, v in request.headers.items() if k.lower() not in drop]
+    if up.api_key:  # the engine's own key (vLLM --api-key) replaces whatever the client sent
+        headers.append(("Authorization", f"Bearer {up.api_key}"))
     if request.remote:
         headers.append(("X-Forwarded-For", request.remote))
     return headers
