@@ -12,15 +12,25 @@ Config (pins) and the gateway (keep_alive rules, focus, routing) import this lea
 from __future__ import annotations
 
 import fnmatch
+import functools
 
 DEFAULT_HOST = "registry.ollama.ai"
 DEFAULT_NAMESPACE = "library"
 DEFAULT_TAG = "latest"
 _GLOB = frozenset("*?[")
+_CACHED_LENGTH = 256  # longer names (a client's invention) are worked out, never kept
 
 
 def canonical_model_name(name: str) -> str:
-    """The shortest lower-case spelling with the tag: ``Llama3.2`` → ``llama3.2:latest``."""
+    """The shortest lower-case spelling with the tag: ``Llama3.2`` → ``llama3.2:latest``.
+
+    The gateway asks this five times per request (routing, usage, keep_alive): answers for
+    the names in use are remembered (a few µs per request at 64 clients), in a bounded cache
+    of short names so that clients' random names cannot grow it."""
+    return _canonical_cached(name) if len(name) <= _CACHED_LENGTH else _canonical(name)
+
+
+def _canonical(name: str) -> str:
     text = name.strip().lower().removeprefix("http://").removeprefix("https://")
     if not text:
         return ""
@@ -33,6 +43,9 @@ def canonical_model_name(name: str) -> str:
     if host == DEFAULT_HOST:
         prefix = "" if namespace in ("", DEFAULT_NAMESPACE) else f"{namespace}/"
     return f"{prefix}{model}:{tag or DEFAULT_TAG}"
+
+
+_canonical_cached = functools.lru_cache(maxsize=4096)(_canonical)
 
 
 def same_model(a: str, b: str) -> bool:
