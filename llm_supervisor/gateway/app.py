@@ -98,7 +98,10 @@ class Gateway:
 
     async def read_body(self, request: web.BaseRequest) -> bytes:
         # Not request.read(): it refuses bodies over 1 MiB, and images in a chat are bigger.
-        return await request.content.read()
+        content = request.content
+        if content.is_eof():  # the whole body came with the head, as nearly always: no wait
+            return content.read_nowait()
+        return await content.read()
 
     async def body_stream(self, request: web.BaseRequest) -> AsyncIterator[bytes]:
         async for chunk in request.content.iter_any():
