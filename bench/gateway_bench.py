@@ -32,7 +32,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 BODY = b'{"version":"0.12.0"}'
 CHAT = b'{"id":"c","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"Hello there."},"finish_reason":"stop"}]}'  # noqa: E501
@@ -143,6 +145,12 @@ async def run_gateway(port: int, upstream: int) -> None:
 
         def usage(self, service: str) -> None:
             return None
+
+        def eta(self, service: str) -> float | None:
+            return 0.0
+
+        def states(self) -> dict[str, str]:
+            return {"o": "ready"}
 
     await Gateway(Backend()).serve("127.0.0.1", port, loops=False)
 
@@ -255,6 +263,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=50, help="SSE events per streamed answer")
     parser.add_argument("--event-gap", type=float, default=0.01, help="seconds between events")
     parser.add_argument("--only", help="comma-separated cells: get,post,sse,ttfb")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per many-client cell")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     parser.add_argument("--role", choices=["upstream", "gateway"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -313,6 +322,9 @@ def compare(args: argparse.Namespace, cells: set[str]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+Row = dict[str, Any]  # one cell: req/s, latency, CPU per unit, load
+
+
 class Bench:
     def __init__(
         self,
@@ -343,50 +355,67 @@ class Bench:
         print(f"load average before / after: {out['loadavg_before']} / {out['loadavg_after']}")
         return out
 
-    def wrk_cells(self, path: str, script: Path | None) -> dict[str, dict[str, float]]:
-        rows: dict[str, dict[str, float]] = {}
+    def wrk_cells(self, path: str, script: Path | None) -> dict[str, Row]:
+        rows: dict[str, Row] = {}
         for conns in (1, 64):
-            for name, (port, pid) in self.targets.items():
+
+            def run(port: int, pid: int, conns: int = conns) -> Row:
                 wrk(port, conns, 1, path, script)  # warm up connections and pools
                 cpu = cpu_seconds(pid)
                 r = wrk(port, conns, self.args.seconds, path, script)
                 r["cpu_us"] = (cpu_seconds(pid) - cpu) / r["requests"] * 1e6
-                r["load1"] = float(loadavg().split()[0])
-                rows[f"{name}@{conns}"] = r
-                print(
-                    f"{path} {name:8} c={conns:<3} {r['rps']:>8.0f} req/s  p50 {r['p50']:7.3f} ms"
-                    f"  p99 {r['p99']:7.3f} ms  CPU {r['cpu_us']:6.1f} us/request  "
-                    f"load {r['load1']:.2f}",
-                    flush=True,
-                )
+                return r
+
+            rows |= self.cells(f"{path} c={conns}", conns, run, "request")
         self._ratios(path, rows, 64)
         return rows
 
-    def sse_cells(self, conns: int = 200) -> dict[str, dict[str, float]]:
-        rows: dict[str, dict[str, float]] = {}
+    def sse_cells(self, conns: int = 200) -> dict[str, Row]:
         script = self.tmp / "sse.lua"
-        for name, (port, pid) in self.targets.items():
+
+        def run(port: int, pid: int) -> Row:
             wrk(port, conns, 1, "/v1/chat/completions", script)
             cpu, sent = cpu_seconds(pid), events_sent(self.upstream)
             r = wrk(port, conns, self.args.seconds, "/v1/chat/completions", script)
-            events = events_sent(self.upstream) - sent - 1  # minus the /count itself: none
-            r["events"] = events
+            r["events"] = events = events_sent(self.upstream) - sent
+            r["events_per_s"] = events / self.args.seconds
             r["cpu_us"] = (cpu_seconds(pid) - cpu) / max(1, events) * 1e6
-            r["load1"] = float(loadavg().split()[0])
-            rows[f"{name}@{conns}"] = r
-            print(
-                f"SSE      {name:8} c={conns} {events / self.args.seconds:>8.0f} events/s  "
-                f"CPU {r['cpu_us']:6.2f} us/event  load {r['load1']:.2f}",
-                flush=True,
-            )
+            return r
+
+        rows = self.cells(f"SSE c={conns}", conns, run, "event")
         self._ratios("SSE", rows, conns)
         return rows
 
-    def _ratios(self, what: str, rows: dict[str, dict[str, float]], conns: int) -> None:
+    def cells(
+        self, label: str, conns: int, run: Callable[[int, int], Row], unit: str
+    ) -> dict[str, Row]:
+        """Each path ``--repeat`` times (once at one connection), the paths taking turns so
+        that a burst of other work on the machine hits all of them; the run with the median
+        CPU per unit stands for the path."""
+        runs: dict[str, list[Row]] = {name: [] for name in self.targets}
+        for _ in range(self.args.repeat if conns > 1 else 1):
+            for name, (port, pid) in self.targets.items():
+                r = run(port, pid)
+                r["load1"] = float(loadavg().split()[0])
+                runs[name].append(r)
+                rate = r.get("events_per_s", r["rps"])
+                print(
+                    f"{label:28} {name:8} {rate:>8.0f}/s  p50 {r['p50']:7.3f} ms  "
+                    f"p99 {r['p99']:7.3f} ms  CPU {r['cpu_us']:6.1f} us/{unit}  "
+                    f"load {r['load1']:.2f}",
+                    flush=True,
+                )
+        rows = {}
+        for name, results in runs.items():
+            row = sorted(results, key=lambda r: r["cpu_us"])[len(results) // 2]
+            rows[f"{name}@{conns}"] = {**row, "cpu_us_runs": [r["cpu_us"] for r in results]}
+        return rows
+
+    def _ratios(self, what: str, rows: dict[str, Row], conns: int) -> None:
         gw, ng = rows[f"gateway@{conns}"], rows[f"nginx@{conns}"]
         print(
-            f"{what} at {conns}: gateway/nginx CPU per unit {gw['cpu_us'] / ng['cpu_us']:.2f}x, "
-            f"req/s {gw['rps'] / ng['rps']:.2f}",
+            f"{what} at {conns}: gateway/nginx CPU per unit {gw['cpu_us'] / ng['cpu_us']:.2f}x "
+            f"(medians), req/s {gw['rps'] / ng['rps']:.2f}",
             flush=True,
         )
 
