@@ -29,6 +29,7 @@ class Engine:
     requests: list[tuple[bytes, bytes]] = field(default_factory=list)
     transports: list[asyncio.Transport] = field(default_factory=list)
     paused: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)  # the gateway closed one
 
     def protocol(self) -> asyncio.Protocol:
         engine = self
@@ -55,6 +56,9 @@ class Engine:
 
             def pause_writing(self) -> None:
                 engine.paused.set()
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                engine.closed.set()
 
         return Conn()
 
@@ -99,6 +103,17 @@ async def test_engine_connections_are_kept_and_reused() -> None:
             assert response.json() == {"ok": True}
     assert len(engine.requests) == 20
     assert engine.connections == 1
+
+
+async def test_a_spare_connection_is_closed_once_nobody_used_it_for_idle_keep() -> None:
+    async with relay(fixed(OK)) as (engine, gw, url), httpx.AsyncClient() as client:
+        gw.client.pool.idle_keep = 0.3
+        assert (await client.get(url + "/api/version")).status_code == 200
+        released = asyncio.get_running_loop().time()
+        await asyncio.wait_for(engine.closed.wait(), 5)
+        assert asyncio.get_running_loop().time() - released >= 0.25
+        assert (await client.get(url + "/api/version")).status_code == 200  # a new one
+    assert engine.connections == 2
 
 
 async def test_the_request_reaches_the_engine_as_sent_minus_hop_by_hop_headers() -> None:

@@ -154,7 +154,7 @@ class EngineConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        if not self.busy:  # a spare connection spoke: whatever it says, it is not reusable
+        if not self.busy or self.complete:  # bytes after the answer: not reusable, not relayed
             self.close()
             return
         self.received = True
@@ -247,6 +247,7 @@ class EnginePool:
     def __init__(self, idle_keep: float = IDLE_KEEP) -> None:
         self.idle_keep = idle_keep
         self._idle: dict[int, collections.deque[EngineConnection]] = {}
+        self._sweep: asyncio.TimerHandle | None = None  # closes spares nobody took in time
 
     def spare(self, up: Upstream) -> EngineConnection | None:
         """A kept connection to the engine, or None. A kept one may have been closed by the
@@ -278,8 +279,23 @@ class EnginePool:
         conn.sink = conn._client_protocol = None
         spare = self._idle.setdefault(conn.port, collections.deque())
         spare.append(conn)
-        while spare and conn.idle_since - spare[0].idle_since > self.idle_keep:
-            spare.popleft().close()  # the oldest ones, amortized over releases
+        self._expire(spare, conn.idle_since)
+        if self._sweep is None:
+            self._sweep = asyncio.get_running_loop().call_later(self.idle_keep, self._sweep_all)
+
+    def _expire(self, spare: collections.deque[EngineConnection], now: float) -> None:
+        while spare and now - spare[0].idle_since >= self.idle_keep:
+            spare.popleft().close()  # the oldest first: the deque is in release order
+
+    def _sweep_all(self) -> None:
+        """Spares are not kept once traffic stops (a descriptor each, and Ollama never
+        closes an idle connection itself)."""
+        self._sweep = None
+        now = time.monotonic()
+        for spare in self._idle.values():
+            self._expire(spare, now)
+        if any(self._idle.values()):
+            self._sweep = asyncio.get_running_loop().call_later(self.idle_keep, self._sweep_all)
 
     def forget(self, conn: EngineConnection) -> None:
         spare = self._idle.get(conn.port)
@@ -287,6 +303,9 @@ class EnginePool:
             spare.remove(conn)
 
     def close(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         for spare in self._idle.values():
             while spare:
                 spare.pop().close()
