@@ -337,6 +337,7 @@ class Bench:
 
     def run(self, cells: set[str]) -> dict[str, object]:
         out: dict[str, object] = {"seconds": self.args.seconds, "loadavg_before": loadavg()}
+        out["repeat"] = self.args.repeat
         if "get" in cells:
             out["wrk"] = self.wrk_cells("/api/version", None)
         if "post" in cells:

@@ -17,8 +17,8 @@ import psutil
 from benchutil import spread
 
 MACHINE_KEYS = ("cpu", "cores", "ram", "kernel", "python", "load_before")
-PACKAGES = ("httpx", "aiohttp", "uvloop", "uvicorn", "starlette", "pydantic", "structlog",
-            "psutil", "watchfiles")  # fmt: skip
+PACKAGES = ("httpx", "aiohttp", "httptools", "uvloop", "uvicorn", "starlette", "pydantic",
+            "structlog", "psutil", "watchfiles")  # fmt: skip
 Section = Callable[[dict[str, Any]], list[str]]
 
 
@@ -109,29 +109,90 @@ def reload(d: dict[str, Any]) -> list[str]:
 
 
 def gateway(d: dict[str, Any]) -> list[str]:
-    w = d["wrk"]
     lines = [
-        f"wrk, {d['seconds']} s per cell, `GET /api/version` against a minimal keep-alive "
-        "upstream (bench/gateway_bench.py); the gateway runs in its own process.",
+        f"wrk, {d['seconds']} s per cell, against a minimal keep-alive upstream "
+        "(bench/gateway_bench.py); nginx with one worker and the gateway each run in their own "
+        "process. CPU is the serving process's user + system time per request (or per relayed "
+        "event), from /proc: it barely moves with the machine's other work, req/s does. Cells "
+        f"with many clients ran {d.get('repeat', 1)} times, the paths taking turns; the run with "
+        "the median CPU is shown. Load average before / after: "
+        f"{d.get('loadavg_before', '?')} / {d.get('loadavg_after', '?')}.",
         "",
-        "| path | clients | req/s | p50 ms | p99 ms |",
-        "|---|---|---|---|---|",
+        "| request | path | clients | req/s | p50 ms | p99 ms | CPU µs/request | load |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for key, r in w.items():
-        name, conns = key.split("@")
-        lines.append(f"| {name} | {conns} | {r['rps']:.0f} | {r['p50']:.3f} | {r['p99']:.3f} |")
-    added = w["gateway@1"]["p50"] - w["direct@1"]["p50"]
-    nginx_added = w["nginx@1"]["p50"] - w["direct@1"]["p50"]
-    share = w["gateway@64"]["rps"] / w["nginx@64"]["rps"]
-    ttfb = d["first_chunk_ms"]
-    lines += [
+    for label, key in (("`GET /api/version`", "wrk"), ("`POST /v1/chat/completions`", "post")):
+        for cell, r in d.get(key, {}).items():
+            name, conns = cell.split("@")
+            lines.append(
+                f"| {label} | {name} | {conns} | {r['rps']:.0f} | {r['p50']:.3f} | "
+                f"{r['p99']:.3f} | {r['cpu_us']:.1f} | {r['load1']:.2f} |"
+            )
+    sse = d.get("sse", {})
+    if sse:
+        lines += [
+            "",
+            "Streamed chat completions (SSE, one event per chunk, 50 events 10 ms apart per "
+            "answer, as an engine sends tokens), 200 concurrent streams:",
+            "",
+            "| path | events/s | CPU µs/event (runs) | load |",
+            "|---|---|---|---|",
+        ]
+        for cell, r in sse.items():
+            runs = ", ".join(f"{x:.1f}" for x in r.get("cpu_us_runs", [r["cpu_us"]]))
+            lines.append(
+                f"| {cell.split('@')[0]} | {r['events_per_s']:.0f} | {r['cpu_us']:.1f} ({runs}) "
+                f"| {r['load1']:.2f} |"
+            )
+    lines += ["", *_gateway_ratios(d)]
+    return lines
+
+
+def _gateway_ratios(d: dict[str, Any]) -> list[str]:
+    said = []
+    if "post" in d:
+        p = d["post"]
+        ratio = p["gateway@64"]["cpu_us"] / p["nginx@64"]["cpu_us"]
+        said.append(
+            f"CPU per proxied `POST` at 64 clients, gateway / nginx: {ratio:.2f}x (target <= 4); "
+            f"req/s {p['gateway@64']['rps'] / p['nginx@64']['rps']:.2f} of nginx's."
+        )
+    if "sse" in d:
+        s = d["sse"]
+        ratio = s["gateway@200"]["cpu_us"] / s["nginx@200"]["cpu_us"]
+        said.append(f"CPU per relayed SSE event, gateway / nginx: {ratio:.2f}x (target <= 1.5).")
+    if "wrk" in d:
+        w = d["wrk"]
+        added = w["gateway@1"]["p50"] - w["direct@1"]["p50"]
+        nginx_added = w["nginx@1"]["p50"] - w["direct@1"]["p50"]
+        said.append(
+            f"Added p50 latency at 1 client (GET): gateway {added:.3f} ms, nginx "
+            f"{nginx_added:.3f} ms."
+        )
+    if "first_chunk_ms" in d:
+        t = d["first_chunk_ms"]
+        said.append(
+            f"First streamed chunk (median): direct {t['direct']:.3f} ms, gateway "
+            f"{t['gateway']:.3f} ms, nginx {t['nginx']:.3f} ms."
+        )
+    return [" ".join(said)]
+
+
+def core_load(d: dict[str, Any]) -> list[str]:
+    late = [(i - 0.25) * 1e3 for i in d.get("probe_intervals_s", [])]
+    lines = [
+        f"As above, {len(d['respawn_ms'])} kills, while wrk keeps the daemon's own gateway "
+        f"saturated ({d['gateway_clients']} connections of `POST /v1/chat/completions` to a fast "
+        "`command` engine) and a third service is probed every 0.25 s "
+        f"(bench/core_bench.py --gateway-load). Load average at the start: {d.get('loadavg')}.",
         "",
-        f"Added p50 latency at 1 client: gateway {added:.3f} ms, nginx {nginx_added:.3f} ms. "
-        f"Throughput at 64 clients, gateway / nginx: {share:.2f}; gateway / direct: "
-        f"{w['gateway@64']['rps'] / w['direct@64']['rps']:.2f}. First streamed chunk (median):"
-        f" direct {ttfb['direct']:.3f} ms, gateway {ttfb['gateway']:.3f} ms, nginx "
-        f"{ttfb['nginx']:.3f} ms.",
+        "| measure | median (spread) | target |",
+        "|---|---|---|",
+        f"| child death → restart spawned | {_ms(d['respawn_ms'])} | median < 50 ms |",
+        f"| engine serving → state ready | {_ms(d['ready_ms'])} | |",
     ]
+    if late:
+        lines.append(f"| probe lateness (interval minus 0.25 s) | {_ms(late)} | on schedule |")
     return lines
 
 
@@ -212,6 +273,7 @@ def shutdown(d: dict[str, Any]) -> list[str]:
 SECTIONS: dict[str, tuple[str, Section]] = {
     "core": ("Supervision latency", core),
     "reload": ("Hot reload", reload),
+    "core-load": ("Supervision latency under gateway load", core_load),
     "gateway": ("Gateway overhead", gateway),
     "classroom": ("Classroom replay", classroom),
     "footprint": ("Daemon footprint", footprint),

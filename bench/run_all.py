@@ -38,7 +38,8 @@ Scripts = dict[str, tuple[str, list[str], Callable[[Path], list[str]] | None]]
 SCRIPTS: Scripts = {
     "core": ("core_bench.py", ["--runs", "15"], _json_arg),
     "reload": ("reload_bench.py", ["--services", "32", "--edits", "8", "--json"], None),
-    "gateway": ("gateway_bench.py", ["--seconds", "5"], _json_arg),
+    "core-load": ("core_bench.py", ["--runs", "15", "--gateway-load", "64"], _json_arg),
+    "gateway": ("gateway_bench.py", ["--seconds", "4"], _json_arg),
     "classroom": ("classroom_bench.py", [], _json_arg),
     "footprint": ("footprint_bench.py", ["--window", "10", "--windows", "2"], _json_arg),
     "shutdown": ("shutdown_bench.py", ["--runs", "3"], _json_arg),
