@@ -18,6 +18,7 @@ from typing import Any
 from ..config.models import ServiceConfig
 from ..engines import engine_for
 from ..errors import PortInUseError, StartFailedError
+from ..guard import ErrorTrack
 from ..logsetup import get_logger
 from ..process.child import ChildProcess, ExitStatus
 from ..process.environment import clean_child_env
@@ -30,6 +31,7 @@ from .states import ALLOWED, InvalidTransition, State
 
 log = get_logger(__name__)
 JITTER = 0.2
+FIRST = asyncio.FIRST_COMPLETED
 TREE_SNAPSHOT_INTERVAL = 5.0  # seconds between process-tree snapshots of a ready engine
 
 
@@ -60,6 +62,8 @@ class Service:
         self.health_latency: float | None = None
         self.health_failures = 0
         self.degraded: str | None = None
+        self.supervision_errors = 0  # unexpected exceptions in _supervise, all resumed
+        self._errors = ErrorTrack("service.supervision_error")
         self.starting_since: float | None = None
         self._progress: ProgressTracker | None = None
         self._child: ChildProcess | None = None
@@ -97,7 +101,10 @@ class Service:
         self._changed.set()
         self._changed = asyncio.Event()
         for listener in self.deps.listeners:
-            listener(self, old, new, reason)
+            try:
+                listener(self, old, new, reason)
+            except Exception:  # an observer's bug must not break the state machine
+                log.exception("service.listener_error", service=self.name)
 
     async def _wait_for(self, accept: Callable[[State], bool]) -> State:
         while not accept(self.state):
@@ -107,21 +114,31 @@ class Service:
     # -- lifecycle requests (serialized) -----------------------------------------------
 
     async def ensure_ready(self, timeout: float | None = None) -> None:
-        """Start if needed and wait until ready; raise StartFailedError if it cannot be."""
+        """Start if needed and wait until ready; raise StartFailedError if it cannot be.
+
+        A fatal service stays fatal: a request is no operator, and restarting what failed
+        ``max_failures`` times on every request would load a broken model again and again.
+        Only start, restart or a profile edit of the service leave fatal.
+        """
         async with self._lifecycle:
+            if self.state is State.FATAL:
+                raise self._start_failed()
             if self._runner is None or self._runner.done():
                 self._launch()
         state = await asyncio.wait_for(
             self._wait_for(lambda s: s in (State.READY, State.FATAL, State.STOPPED)), timeout
         )
         if state is not State.READY:
-            failure = self.last_failure
-            raise StartFailedError(
-                self.name,
-                self.reason or "stopped",
-                cause=failure.cause if failure else "unknown",
-                hint=failure.hint if failure else "",
-            )
+            raise self._start_failed()
+
+    def _start_failed(self) -> StartFailedError:
+        failure = self.last_failure
+        return StartFailedError(
+            self.name,
+            self.reason or "stopped",
+            cause=failure.cause if failure else "unknown",
+            hint=failure.hint if failure else "",
+        )
 
     async def start(self, wait: bool = True, timeout: float | None = None) -> None:
         """Operator start: also clears fatal (the failure history starts over)."""
@@ -176,6 +193,20 @@ class Service:
         # for the outcome of this start.
         self._set_state(State.STARTING, "start")
         self._runner = asyncio.create_task(self._supervise(), name=f"service:{self.name}")
+        self._runner.add_done_callback(self._runner_ended)
+
+    def _runner_ended(self, runner: asyncio.Task[None]) -> None:
+        """The guard in _supervise ends only by fatal or cancel; anything else (a
+        BaseException) must not leave ``ready`` on an engine nobody watches any more."""
+        if runner.cancelled() or runner.exception() is None or self._runner is not runner:
+            return
+        if self.state in (State.STARTING, State.READY, State.STOPPING, State.BACKOFF):
+            self._set_state(State.FATAL, f"supervision ended: {runner.exception()!r}")
+
+    @property
+    def supervised(self) -> bool:
+        """A supervision task runs for this service (False when stopped or fatal)."""
+        return self._runner is not None and not self._runner.done()
 
     async def _stop_locked(self, reason: str) -> None:
         runner, self._runner = self._runner, None
@@ -197,6 +228,28 @@ class Service:
     # -- the runner: start, watch, restart ---------------------------------------------
 
     async def _supervise(self) -> None:
+        """Crash-only: an unexpected exception anywhere in a run is logged, counted, and the
+        run resumes after a backoff from what it finds (a live engine is probed, not
+        restarted; a dead one is a crash). Only fatal and cancellation end this task."""
+        delay = 0.0
+        while True:
+            try:
+                if delay:
+                    await asyncio.sleep(delay)
+                await self._supervise_runs()
+                return
+            except Exception as exc:
+                delay = self._supervision_failed(exc)
+
+    def _supervision_failed(self, exc: Exception) -> float:
+        self.supervision_errors += 1
+        delay = self._errors.record(exc, service=self.name, state=str(self.state))
+        # Nobody watches the engine until the resume: it must not be shown ready.
+        if self.state is not State.BACKOFF:
+            self._set_state(State.BACKOFF, f"supervision error {exc!r}; resuming in {delay:g}s")
+        return delay
+
+    async def _supervise_runs(self) -> None:
         while True:
             failure = await self._run_once()
             self.last_failure = failure
@@ -223,15 +276,21 @@ class Service:
             await asyncio.sleep(decision.delay)
 
     async def _run_once(self) -> Failure:
+        child = self._child
         if self.state is not State.STARTING:
-            self._set_state(State.STARTING, "restart")
-        self._progress = ProgressTracker(self.config.spec.engine, self.deps.clock)
-        try:
-            async with self.deps.start_gate(self):
-                child = await self._spawn()
-                failure = await self._await_ready(child)
-        except StartFailedError as exc:
-            return Failure("spawn", exc.reason, cause=exc.cause, hint=exc.hint)
+            self._set_state(State.STARTING, "restart" if child is None else "resume")
+        if child is not None:
+            # Resuming after a supervision error: the engine of the interrupted run is
+            # probed (ready again at once if it answers), never blindly restarted.
+            failure = await self._await_ready(child)
+        else:
+            self._progress = ProgressTracker(self.config.spec.engine, self.deps.clock)
+            try:
+                async with self.deps.start_gate(self):
+                    child = await self._spawn()
+                    failure = await self._await_ready(child)
+            except StartFailedError as exc:
+                return Failure("spawn", exc.reason, cause=exc.cause, hint=exc.hint)
         if failure is None:
             self._set_state(State.READY, "ready")
             failure = await self._watch(child)
@@ -283,10 +342,13 @@ class Service:
         probe = asyncio.create_task(self._poll_ready(child))
         exited = child.exited()
         racers: set[asyncio.Future[Any]] = {probe, exited}
-        done, _ = await asyncio.wait(racers, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        if probe in done:
-            return None
-        probe.cancel()
+        try:
+            done, _ = await asyncio.wait(racers, timeout=timeout, return_when=FIRST)
+            if probe in done:
+                probe.result()  # a probe that raised is a supervision error, not "ready"
+                return None
+        finally:
+            probe.cancel()  # also when this wait was interrupted: no probe left behind
         with contextlib.suppress(asyncio.CancelledError):
             await probe
         if exited in done:
@@ -437,6 +499,8 @@ class Service:
             "last_exit": last_exit,
             "last_request": self.last_request,
             "degraded": self.degraded,
+            "supervised": self.supervised,
+            "supervision_errors": self.supervision_errors,
             "health": {"last_latency": self.health_latency, "failures": self.health_failures},
             "progress": self._progress_json(),
             "source": self.config.source,
