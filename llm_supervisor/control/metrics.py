@@ -75,6 +75,9 @@ def service_metrics(services: dict[str, Any]) -> list[Metric]:
     exit_at = _gauge("service_last_exit_timestamp_seconds", "Time of the last exit.", ["service"])
     latency = _gauge("health_check_seconds", "Latency of the last health probe.", ["service"])
     failures = _gauge("health_check_failures", "Consecutive failed health probes.", ["service"])
+    supervision = _counter(
+        "service_supervision_errors", "Unexpected errors its supervision survived.", ["service"]
+    )
     for name, svc in sorted(services.items()):
         current = svc.get("state")
         up.add_metric([name, str(svc.get("engine", ""))], 1.0 if current == "ready" else 0.0)
@@ -95,7 +98,8 @@ def service_metrics(services: dict[str, Any]) -> list[Metric]:
         if health.get("last_latency") is not None:
             latency.add_metric([name], float(health["last_latency"]))
         failures.add_metric([name], float(health.get("failures") or 0))
-    return [up, state, restarts, code, exit_at, latency, failures]
+        supervision.add_metric([name], float(svc.get("supervision_errors") or 0))
+    return [up, state, restarts, code, exit_at, latency, failures, supervision]
 
 
 def gpu_metrics(gpus: dict[str, Any]) -> list[Metric]:
@@ -182,7 +186,11 @@ def daemon_metrics(status: dict[str, Any]) -> list[Metric]:
     started_at = (status.get("daemon") or {}).get("started_at")
     if started_at is not None:
         started.add_metric([], float(started_at))
-    return [build, started]
+    task_errors = _counter("daemon_task_errors", "Unexpected errors a daemon loop survived.",
+                           ["task"])  # fmt: skip
+    for task, count in sorted(((status.get("daemon") or {}).get("task_errors") or {}).items()):
+        task_errors.add_metric([str(task)], float(count or 0))
+    return [build, started, task_errors]
 
 
 class StatusCollector(Collector):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections import Counter
@@ -31,6 +32,9 @@ def build_status(daemon: Daemon) -> dict[str, Any]:
             "started_at": daemon.started_at,
             "config_dir": str(daemon.options.config_dir),
             "gateway": daemon.gateway_address,
+            "supervising": daemon.supervising(),
+            "task_errors": _task_errors(daemon),
+            "nofile": dataclasses.asdict(daemon.nofile) if daemon.nofile else None,
         },
         "services": services,
         "gpus": daemon.placement.status(config),
@@ -45,6 +49,14 @@ def build_status(daemon: Daemon) -> dict[str, Any]:
         },
         "reload": daemon.reloader.last.to_json() if daemon.reloader else {},
     }
+
+
+def _task_errors(daemon: Daemon) -> dict[str, int]:
+    """Exceptions each crash-only loop survived (services count their own)."""
+    counts = Counter(daemon.task_errors)
+    if daemon.gateway is not None:
+        counts.update(daemon.gateway.task_errors)
+    return dict(sorted(counts.items()))
 
 
 def _model_row(row: dict[str, Any], config: Any) -> dict[str, Any]:

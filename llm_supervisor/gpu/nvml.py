@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
 import pynvml
 
+from ..guard import start_thread
 from ..logsetup import get_logger
 from .snapshot import GpuDevice, GpuProcess, GpuSnapshot
 
@@ -231,7 +231,9 @@ class GpuMonitor:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(deliver, snap)
 
-        threading.Thread(target=work, name="nvml-read", daemon=True).start()
+        error = start_thread(work, "nvml-read")
+        if error is not None:  # no telemetry this round; the next poll tries again
+            deliver(GpuSnapshot.unavailable(taken_at, f"cannot start the NVML thread: {error}"))
         return future
 
     def _note(self, snap: GpuSnapshot) -> None:
