@@ -442,7 +442,7 @@ class Service:
         text = "\n".join(ln.text for ln in lines)[-64 * 1024 :]
         result = diagnose_exit(
             text, self.config.spec.engine, status.code if status else None,
-            status.signal if status else None,
+            status.signal if status else None, stopped_for=failure.reason,
         )  # fmt: skip
         failure.cause, failure.hint = result.cause, result.hint
 

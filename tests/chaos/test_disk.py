@@ -105,6 +105,6 @@ def test_read_only_state_dir_is_reported_and_supervision_goes_on(tmp_path: Path,
         errors = daemon.events("state.write_failed")
         assert errors and str(state) in str(errors[0]["dir"]), errors
         if when == "at_start":
-            assert daemon.events("state.lock_failed")
+            assert daemon.events("state.pid_file_failed")
         assert daemon.pids()[bystander] == pids[bystander]
         assert daemon.services()[bystander]["restarts"] == 0
