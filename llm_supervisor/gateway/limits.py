@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -126,12 +126,37 @@ _FULL = (
 
 
 class _Refuse(asyncio.Protocol):
-    """Answers 503 and closes: the client learns why instead of seeing a reset."""
+    """Answers 503 and closes: the client learns why instead of seeing a reset.
+
+    Closing a socket whose request is still unread makes the kernel send a reset, and the
+    client may lose the answer with it; so the write side is shut first and what the client
+    sends is read and dropped for a moment (nginx's lingering close). Only a few refusals
+    linger at once: under a flood each one would otherwise hold a descriptor.
+    """
+
+    lingering = 0
+    MAX_LINGERING = 32
+    LINGER = 0.5  # seconds
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # cast, not isinstance: uvloop's TCPTransport does not derive from asyncio.Transport.
+        transport = cast(asyncio.Transport, transport)
         transport.write(_FULL)
-        transport.close()
+        if _Refuse.lingering >= self.MAX_LINGERING or not transport.can_write_eof():
+            transport.close()
+            return
+        _Refuse.lingering += 1
+        self._lingers = True
+        transport.write_eof()
+        asyncio.get_running_loop().call_later(self.LINGER, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        pass  # the request is not read: it is refused whatever it says
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if getattr(self, "_lingers", False):
+            _Refuse.lingering -= 1
+            self._lingers = False
 
 
 class HeaderTimeoutHandler(RequestHandler):

@@ -8,7 +8,6 @@ fight for the same GPU memory and port.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import json
 import os
