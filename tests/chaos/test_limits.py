@@ -166,26 +166,28 @@ TIMEOUTS = ["--gateway-header-timeout", "0.5", "--gateway-keepalive-timeout", "1
 def test_idle_and_half_sent_connections_are_closed_on_their_timeouts(tmp_path: Path) -> None:
     one_engine(tmp_path)
     with run_daemon(tmp_path, gateway=True, extra_args=TIMEOUTS) as daemon:
+        opened = time.monotonic()
         idle = [connect(daemon) for _ in range(100)]
         half = [connect(daemon) for _ in range(100)]
         for sock in half:
             sock.sendall(b"GET /v1/models HT")  # slowloris: the line never ends
+        half_sent = time.monotonic()
         body = [connect(daemon) for _ in range(20)]
         for sock in body:
             sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
                          b"Content-Length: 1000\r\n\r\n{\"model\": ")  # fmt: skip
-        started = time.monotonic()
         assert get(daemon, "/v1/models")[0] == 200  # new clients are served meanwhile
         assert all(closed_by_peer(s, 3.0) for s in half)
-        header_closed = time.monotonic() - started
+        header_closed = time.monotonic() - half_sent
         answers = [read_response(s) for s in body]  # aiohttp then lingers, then closes
         assert all(head.startswith(b"HTTP/1.1 408") for head, _ in answers), answers[0]
         assert "nothing arrived for 0.5s" in json.loads(answers[0][1])["error"]["message"]
         assert all(closed_by_peer(s, 3.0) for s in idle)
-        idle_closed = time.monotonic() - started
+        idle_closed = time.monotonic() - opened
         for sock in idle + half + body:
             sock.close()
-        assert header_closed < 1.5 <= idle_closed + 0.1, (header_closed, idle_closed)
+        # Half-sent lines go at the header timeout, well before the idle timeout.
+        assert header_closed < 1.4 and 1.4 < idle_closed < 4, (header_closed, idle_closed)
         assert get(daemon, "/v1/models")[0] == 200
         print(f"half-sent closed after {header_closed:.2f}s, idle after {idle_closed:.2f}s")
 
