@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from llm_supervisor.config.models import Policy, ServiceConfig
+from llm_supervisor.engines.command import CommandEngine
 from llm_supervisor.service.service import Service
 from llm_supervisor.service.states import State
 
@@ -61,10 +62,9 @@ class FaultAt:
                 error = exc
 
 
-class InstantEngine:
+class InstantEngine(CommandEngine):
     """The process is real; "ready" and "live" are answered here, not over HTTP."""
 
-    kind = "command"
     stop_timeout = 2.0
     startup_timeout = 10.0
 

@@ -34,6 +34,7 @@ from ..reload.reloader import Reloader
 from ..reload.watcher import watch_config_dir
 from ..service.gate import StartGate
 from ..service.manager import Manager
+from ..service.starts import StartHistory
 from ..service.states import State
 from . import lastresort
 from .backend import DaemonBackend
@@ -76,6 +77,7 @@ class Daemon:
         self.placement = Placement(GpuMonitor(make_backend()))
         self.registry = GroupRegistry(options.state_dir)
         self.started_at = time.time()
+        self.orphans_killed = 0  # by the sweep at start (status and metrics)
         self.started_monotonic = time.monotonic()
         self.gateway: Gateway | None = None
         self.reloader: Reloader | None = None
@@ -124,6 +126,7 @@ class Daemon:
         config = self.load()  # ConfigError propagates: nothing has been started yet
         self.registry.acquire()  # before the sweep: another live daemon's engines are no orphans
         killed = await self.registry.kill_orphans()
+        self.orphans_killed = len(killed)
         if killed:
             log.warning("daemon.orphans_killed", pids=killed)
         self._build(config)
@@ -153,6 +156,7 @@ class Daemon:
                 "cuda_devices": self.placement.cuda_devices,
                 "wait_released": self.placement.wait_released,
             },
+            start_history=StartHistory(self.options.state_dir / "starts.json"),
         )
         self.placement.manager = self.manager
         self.backend = DaemonBackend(self)

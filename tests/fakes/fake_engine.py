@@ -48,6 +48,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--max-position-embeddings", type=int, default=4096)
     p.add_argument("--fail-with", default=None, help="print this line then exit 1 at start")
+    p.add_argument("--first-request-delay", type=float, default=0.0, help="first POST waits S")
     args, _unknown = p.parse_known_args()
     return args
 
@@ -123,6 +124,8 @@ def flood(per_second: int) -> None:
 
 
 def serve(args: argparse.Namespace, name: str, started: float) -> None:
+    first_request = threading.Lock()  # held forever by the first POST: later ones don't wait
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -159,6 +162,10 @@ def serve(args: argparse.Namespace, name: str, started: float) -> None:
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = json.loads(self.rfile.read(length) or b"{}")
+            # One line per request, so tests can see what reached the engine (warm-ups).
+            print(f"request POST {self.path} {json.dumps(body, sort_keys=True)}", flush=True)
+            if first_request.acquire(blocking=False):
+                time.sleep(args.first_request_delay)
             if self.path.startswith("/v1/"):
                 text = "fake reply"
                 self._send(
