@@ -156,6 +156,39 @@ def test_descriptor_exhaustion_then_kill_9_is_restarted_and_status_stays_true(
         print(f"kill -9 to ready under {3 * NOFILE} idle connections: {took:.2f}s")
 
 
+@pytest.mark.timeout(90)
+def test_supervision_resumes_after_real_descriptor_exhaustion(tmp_path: Path) -> None:
+    """Without the gateway's cap the descriptors do run out: every /proc read and spawn
+    fails with EMFILE. Supervision must survive that and restart the killed engine once
+    descriptors are free again, instead of ending and leaving a stale "ready"."""
+    if shutil.which("prlimit") is None:
+        pytest.skip("needs prlimit(1)")
+    name = one_engine(tmp_path)
+    prefix = ["prlimit", f"--nofile={NOFILE}:{NOFILE}"]
+    extra = ["--gateway-max-connections", "100000"]  # the cap off: exhaustion is the point
+    with run_daemon(tmp_path, gateway=True, prefix=prefix, extra_args=extra) as daemon:
+        first = daemon.pids()[name]
+        assert first is not None
+        idle = [connect(daemon) for _ in range(2 * NOFILE)]
+        try:
+            os.kill(first, signal.SIGKILL)
+            wait_until(lambda: daemon.events("service.supervision_error"), 10, "EMFILE hit")
+        finally:
+            for sock in idle:
+                sock.close()
+
+        def restarted() -> bool:
+            svc = truthful(daemon, name)
+            return svc["state"] == "ready" and svc["pid"] not in (None, first)
+
+        wait_until(restarted, 20, "the killed engine restarted after the exhaustion")
+        errors = daemon.events("service.supervision_error")
+        # EMFILE, as the /proc reads and the spawn's pipes see it (uvloop: errno -1).
+        assert all(e["error"].startswith("OSError") for e in errors), errors
+        assert daemon.services()[name]["supervision_errors"] >= 1
+        daemon.assert_running()
+
+
 # -- slow clients -------------------------------------------------------------------------
 
 TIMEOUTS = ["--gateway-header-timeout", "0.5", "--gateway-keepalive-timeout", "1.5",
