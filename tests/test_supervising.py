@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,10 @@ async def test_a_dead_vital_loop_withholds_the_watchdog(
     daemon._tasks["gpu"] = ended
     assert not daemon.supervising()
     forever.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await forever
+    daemon._tasks = {"gpu": forever, "status": forever}
+    assert daemon.supervising()  # cancelled by the shutdown: no reason to withhold
 
 
 async def test_an_escaped_exception_ends_in_fatal_never_in_a_stale_ready(

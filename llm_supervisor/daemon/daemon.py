@@ -247,8 +247,10 @@ class Daemon:
     def supervising(self) -> bool:
         """Every service that should be supervised is, and the daemon's vital loops run."""
         tasks = getattr(self, "_tasks", {})
-        if any(name in tasks and tasks[name].done() for name in VITAL_TASKS):
-            return False
+        for name in VITAL_TASKS:  # cancelled is the shutdown's doing, not a failure
+            task = tasks.get(name)
+            if task is not None and task.done() and not task.cancelled():
+                return False
         settled = (State.STOPPED, State.FATAL, State.STOPPING)  # stopping: a stop holds it
         return all(s.supervised or s.state in settled for s in self.manager.services.values())
 
