@@ -196,3 +196,31 @@ async def test_a_supervision_error_is_never_shown_ready(manager_factory: Any) ->
     assert service.pid == pid  # the engine was fine: probed again, not restarted
     assert seen[0][0] is State.BACKOFF and seen[-1][0] is State.READY
     assert service.supervision_errors >= 1
+
+
+async def test_an_error_in_the_cleanup_of_a_hung_engine_finishes_the_cleanup(
+    manager_factory: Any,
+) -> None:
+    """Resuming must not probe a hung engine again for a whole startup_timeout."""
+    spec = fake_service("a", "--hang-after", "0.5", health={"timeout": 0.2, "failures": 2,
+                                                             "startup_timeout": 60})  # fmt: skip
+    service = manager_factory(spec).get("a")
+    original = service._cleanup_after_failure
+    calls = 0
+
+    async def flaky(child: Any, failure: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OSError(24, "Too many open files")
+        await original(child, failure)
+
+    service._cleanup_after_failure = flaky  # type: ignore[method-assign]
+    await service.start()
+    hung = service.pid
+    assert hung is not None
+    await until(lambda: calls >= 2, timeout=15)  # resumed straight into the cleanup
+    await until(lambda: serving(service) and service.pid != hung, timeout=15)
+    assert not psutil.pid_exists(hung)
+    assert service.supervision_errors == 1 and service.last_failure is not None
+    assert service.last_failure.reason == "health"

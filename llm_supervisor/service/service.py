@@ -66,6 +66,7 @@ class Service:
         self.degraded: str | None = None
         self.supervision_errors = 0  # unexpected exceptions in _supervise, all resumed
         self._errors = ErrorTrack("service.supervision_error")
+        self._interrupted: Failure | None = None  # a failure whose cleanup an error cut
         self.starting_since: float | None = None
         self.spawned_at: float | None = None  # clock time of this run's spawn
         self.warmup: dict[str, Any] | None = None  # the last warm-up: seconds, ok
@@ -255,7 +256,7 @@ class Service:
         self.supervision_errors += 1
         delay = self._errors.record(exc, service=self.name, state=str(self.state))
         # Nobody watches the engine until the resume: it must not be shown ready.
-        if self.state is not State.BACKOFF:
+        if self.state is not State.BACKOFF and State.BACKOFF in ALLOWED[self.state]:
             self._set_state(State.BACKOFF, f"supervision error {exc!r}; resuming in {delay:g}s")
         return delay
 
@@ -289,7 +290,13 @@ class Service:
         child = self._child
         if self.state is not State.STARTING:
             self._set_state(State.STARTING, "restart" if child is None else "resume")
-        if child is not None:
+        interrupted, self._interrupted = self._interrupted, None
+        if child is not None and interrupted is not None:
+            # The error hit the cleanup of a failed run: finish that, don't probe a hung
+            # engine again for a whole startup_timeout.
+            self._set_state(State.STOPPING, interrupted.message)
+            failure: Failure | None = interrupted
+        elif child is not None:
             # Resuming after a supervision error: the engine of the interrupted run is
             # probed (ready again at once if it answers), never blindly restarted.
             failure = await self._await_ready(child)
@@ -310,7 +317,9 @@ class Service:
             # Not serving any more: ensure_ready() must not answer "ready" during the cleanup
             # (seconds on a GPU while the memory is released), and a stop must find no READY.
             self._set_state(State.STOPPING, failure.message)
+        self._interrupted = failure  # cleared below; a resume finishes what an error cut
         await self._cleanup_after_failure(child, failure)
+        self._interrupted = None
         return failure
 
     async def _spawn(self) -> ChildProcess:
