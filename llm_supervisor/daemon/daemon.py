@@ -9,10 +9,9 @@ import asyncio
 import contextlib
 import dataclasses
 import signal
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +31,16 @@ from ..process.registry import GroupRegistry
 from ..process.tree import find_marked, kill_refs, killpg
 from ..reload.reloader import Reloader
 from ..reload.watcher import watch_config_dir
+from ..service.deps import GpuHooks
 from ..service.gate import StartGate
 from ..service.manager import Manager
 from ..service.starts import StartHistory
 from ..service.states import State
 from . import lastresort
-from .backend import DaemonBackend
+from .backend import DaemonBackend, GatewayServices
 from .rlimits import NofileLimits, raise_nofile
 from .sdnotify import SystemdNotifier, watchdog_loop
-from .status import summary_line
+from .status import DaemonFacts, StatusReport, summary_line
 
 log = get_logger(__name__)
 
@@ -76,22 +76,16 @@ class Daemon:
         self.notifier = SystemdNotifier()
         self.placement = Placement(GpuMonitor(make_backend()))
         self.registry = GroupRegistry(options.state_dir)
-        self.started_at = time.time()
-        self.orphans_killed = 0  # by the sweep at start (status and metrics)
-        self.started_monotonic = time.monotonic()
+        self.facts = DaemonFacts(options.config_dir, options.gateway)
         self.gateway: Gateway | None = None
         self.reloader: Reloader | None = None
         self._stop = asyncio.Event()
         self._signals = 0
         self._disarm: Callable[[], None] = lambda: None
-        self.manager: Manager  # set in run(), after the config is known to be valid
-
-    @property
-    def gateway_address(self) -> str | None:
-        if self.options.gateway is None:
-            return None
-        host, port = self.options.gateway
-        return f"{host}:{self.gateway.port if self.gateway and self.gateway.port else port}"
+        # set in _build(), once the config is known to be valid
+        self.manager: Manager
+        self.report: StatusReport
+        self.backend: DaemonBackend
 
     def load(self) -> Config:
         config, warnings = load_config(self.options.config_dir, self.placement.totals())
@@ -126,7 +120,7 @@ class Daemon:
         config = self.load()  # ConfigError propagates: nothing has been started yet
         self.registry.acquire()  # before the sweep: another live daemon's engines are no orphans
         killed = await self.registry.kill_orphans()
-        self.orphans_killed = len(killed)
+        self.facts = replace(self.facts, orphans_killed=len(killed))
         if killed:
             log.warning("daemon.orphans_killed", pids=killed)
         self._build(config)
@@ -152,16 +146,15 @@ class Daemon:
             registry=self.registry,
             log_dir=self.options.log_dir,
             gate=StartGate(admit=self.placement.admit),
-            deps_overrides={
-                "cuda_devices": self.placement.cuda_devices,
-                "wait_released": self.placement.wait_released,
-            },
+            gpu_hooks=GpuHooks(self.placement.cuda_devices, self.placement.wait_released),
+            listeners=[self._publish_summary],
             start_history=StartHistory(self.options.state_dir / "starts.json"),
         )
         self.placement.manager = self.manager
-        self.backend = DaemonBackend(self)
         if self.options.gateway is not None:
-            gateway = self.gateway = Gateway(self.backend, limits=self._gateway_limits())
+            gateway = self.gateway = Gateway(
+                GatewayServices(self.manager), limits=self._gateway_limits()
+            )
             self.placement.on_critical = lambda event: relieve(gateway, self.manager.config, event)
         busy = self._busy
         self.placement.busy = busy
@@ -170,7 +163,13 @@ class Daemon:
             on_reloading=self.notifier.reloading,
             on_done=lambda record: self.notifier.ready(),
         )  # fmt: skip
-        self.manager.listeners.append(lambda *_: self.notifier.status(summary_line(self)))
+        self.report = StatusReport(
+            self.facts, self.manager, self.placement, self.gateway, self.reloader, self._health
+        )
+        self.backend = DaemonBackend(self.manager, self.placement, self.reloader, self.report)
+
+    def _publish_summary(self, *_: object) -> None:
+        self.notifier.status(summary_line(self.manager))
 
     def _gateway_limits(self) -> GatewayLimits:
         limits = self.options.gateway_limits
@@ -179,6 +178,17 @@ class Daemon:
             limits = dataclasses.replace(limits, max_connections=share)
         log.info("gateway.limits", **dataclasses.asdict(limits))
         return limits
+
+    def _health(self) -> dict[str, Any]:
+        """The status document's word on supervision itself."""
+        errors = Counter(self.task_errors)
+        if self.gateway is not None:
+            errors.update(self.gateway.task_errors)  # exceptions its loops survived
+        return {
+            "supervising": self.supervising(),
+            "task_errors": dict(sorted(errors.items())),
+            "nofile": dataclasses.asdict(self.nofile) if self.nofile else None,
+        }
 
     def _busy(self, name: str) -> bool:
         return self.gateway is not None and name in self.gateway.state.busy_services()
@@ -209,14 +219,14 @@ class Daemon:
         self._guarded(group, "gpu", lambda: self.placement.run(self.options.gpu_interval))
         self._guarded(group, "status", self._status_loop)
         await self.manager.start_boot_services()
-        self.notifier.ready(status=summary_line(self))
+        self.notifier.ready(status=summary_line(self.manager))
         # WATCHDOG=1 is sent from this event loop, and only while every supervision task
         # runs: a blocked loop or a dead supervisor both end the pings, and systemd acts.
         self._spawn(group, "watchdog", watchdog_loop(
             self.notifier, self.notifier.watchdog_interval(), self.supervising
         ))  # fmt: skip
         log.info("daemon.ready", services=len(self.manager.services),
-                 control=self.options.control, gateway=self.gateway_address)  # fmt: skip
+                 control=self.options.control, gateway=self.report.gateway_address())  # fmt: skip
 
     async def _started(self, waits: list[Any]) -> None:
         """Wait for the listeners; a task that died instead (port taken) raises here."""
@@ -256,7 +266,7 @@ class Daemon:
 
     async def _status_loop(self) -> None:
         while True:
-            self.notifier.status(summary_line(self))
+            self._publish_summary()
             await asyncio.sleep(5)
 
     # -- shutdown, in order ------------------------------------------------------------

@@ -135,12 +135,12 @@ class _Refuse(asyncio.Protocol):
     """
 
     lingering = 0
-    MAX_LINGERING = 32
+    MAX_LINGERING = 64  # a quarter of the descriptors kept for supervision
     LINGER = 0.5  # seconds
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # cast, not isinstance: uvloop's TCPTransport does not derive from asyncio.Transport.
-        transport = cast(asyncio.Transport, transport)
+        self._transport = transport = cast(asyncio.Transport, transport)
         transport.write(_FULL)
         if _Refuse.lingering >= self.MAX_LINGERING or not transport.can_write_eof():
             transport.close()
@@ -151,7 +151,9 @@ class _Refuse(asyncio.Protocol):
         asyncio.get_running_loop().call_later(self.LINGER, transport.close)
 
     def data_received(self, data: bytes) -> None:
-        pass  # the request is not read: it is refused whatever it says
+        # The request has been read (and is refused whatever it says): closing now resets
+        # nothing, and frees the descriptor before LINGER.
+        self._transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if getattr(self, "_lingers", False):

@@ -22,7 +22,8 @@ from ..guard import ErrorTrack
 from ..logsetup import get_logger
 from ..process.child import ChildProcess, ExitStatus
 from ..process.environment import clean_child_env
-from ..process.output import LogLine, OutputRing, RotatingFile
+from ..process.logline import LogLine
+from ..process.output import OutputRing, RotatingFile
 from ..process.ports import port_owner
 from .backoff import decide_restart
 from .deps import ServiceDeps
