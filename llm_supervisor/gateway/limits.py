@@ -51,13 +51,21 @@ class BodyTimeout(Exception):
 async def read_capped(request: web.BaseRequest, limits: GatewayLimits) -> bytes:
     """The whole body, refused as soon as it passes ``max_body`` (never read to the end).
 
-    Not request.read(): its own cap (client_max_size, 1 MiB) is a router setting, and
-    images in a chat are bigger. A declared Content-Length over the cap is refused before
-    a byte is read; a chunked body when the sum of its chunks passes the cap.
+    Not request.read(): aiohttp's cap for it (client_max_size, 1 MiB) is a web.Application
+    setting the low-level server lacks, and images in a chat are bigger. A declared
+    Content-Length over the cap is refused before a byte is read; a chunked body when the
+    sum of its chunks passes the cap.
     """
     declared = request.content_length
     if declared is not None and declared > limits.max_body:
         raise BodyTooLarge(limits.max_body)
+    if request.content.is_eof():
+        # The usual small request: its body came with the headers and is all buffered
+        # already, so there is nothing to wait for (the hot path skips the timeouts).
+        body = await request.content.read()
+        if len(body) > limits.max_body:
+            raise BodyTooLarge(limits.max_body)
+        return body
     chunks: list[bytes] = []
     size = 0
     async for chunk in iter_body(request, limits):
