@@ -40,7 +40,7 @@ async def test_over_the_cap_no_100_continue_only_413(rig_factory: RigFactory) ->
     assert rig.gw.port is not None
     answer = await exchange(
         rig.gw.port,
-        b"POST /api/chat HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+        b"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\n"
         b"Content-Length: 1001\r\n\r\n",
     )
     assert answer.startswith(b"HTTP/1.1 413"), answer
@@ -57,7 +57,8 @@ async def test_chunked_body_over_the_cap_is_413_in_openai_shape(
     chunk = b"600\r\n" + b"x" * 0x600 + b"\r\n"
     answer = await exchange(
         rig.gw.port,
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n",
         chunk,
     )
     assert answer.startswith(b"HTTP/1.1 413"), answer

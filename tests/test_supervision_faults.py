@@ -139,7 +139,8 @@ def marked_sleeps(service: Service) -> list[psutil.Process]:
 async def test_supervision_resumes_after_an_exception_at_every_await_point(
     manager_factory: Any,
 ) -> None:
-    spec = dict(health={"interval": 0.05}, restart={"max_failures": 1000, "window": 1})
+    health = {"interval": 0.05, "timeout": 0.04}
+    spec = dict(health=health, restart={"max_failures": 1000, "window": 1})
     clean = manager_factory(fake_service("clean", **spec)).get("clean")
     runs = instrument(clean, at=-1)
     await scenario(clean)

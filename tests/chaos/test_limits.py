@@ -53,7 +53,8 @@ def connect(daemon: DaemonProcess, timeout: float = 5.0) -> socket.socket:
 def get(daemon: DaemonProcess, path: str) -> tuple[int, bytes]:
     """One plain HTTP/1.1 request on a fresh connection: (status, body)."""
     with connect(daemon) as sock:
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        sock.sendall(request.encode())
         data = read_all(sock)
     head, _, body = data.partition(b"\r\n\r\n")
     return int(head.split()[1]), body
@@ -217,7 +218,7 @@ def test_idle_and_half_sent_connections_are_closed_on_their_timeouts(tmp_path: P
         half_sent = time.monotonic()
         body = [connect(daemon) for _ in range(20)]
         for sock in body:
-            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                          b"Content-Length: 1000\r\n\r\n{\"model\": ")  # fmt: skip
         assert get(daemon, "/v1/models")[0] == 200  # new clients are served meanwhile
         assert all(closed_by_peer(s, 3.0) for s in half)
@@ -253,7 +254,7 @@ def rss_peak_growth(pid: int, attack: Any) -> int:
 
 def send_body(daemon: DaemonProcess, path: str, chunked: bool) -> tuple[bytes, bytes]:
     """POST ATTACK bytes (declared or chunked) while reading the answer; the answer."""
-    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
     head += "Transfer-Encoding: chunked\r\n\r\n" if chunked else f"Content-Length: {ATTACK}\r\n\r\n"
     sock = connect(daemon, timeout=20)
     block = b"x" * MIB
@@ -350,7 +351,7 @@ def post_chat(daemon: DaemonProcess) -> tuple[int, dict[str, Any]]:
     payload = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
     with connect(daemon, timeout=10) as sock:
         sock.sendall(
-            f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
             f"{payload}".encode()
         )
