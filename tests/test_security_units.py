@@ -222,8 +222,8 @@ def test_per_model_memory_stays_bounded_under_random_names() -> None:
     state.note_model("gpt-oss:120b")
     state.note_model("llama3.2:3b")
     for i in range(3 * MAX_MODEL_ENTRIES):
-        state.request_started("ollama", f"random-{i}")
-        state.request_ended("ollama", f"random-{i}")
+        state.request_started(f"random-{i}")
+        state.request_ended(f"random-{i}")
     assert len(state.model_last_request) <= MAX_MODEL_ENTRIES + 1
     assert {"gpt-oss:120b", "llama3.2:3b"} <= set(state.model_last_request)  # known, loaded
     assert not state.models_in_flight  # nothing in flight: nothing remembered
