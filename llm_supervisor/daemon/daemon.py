@@ -27,12 +27,12 @@ from ..gpu.fake import make_backend
 from ..gpu.nvml import GpuMonitor
 from ..gpu.placement import Placement, PlacementHooks
 from ..gpu.pressure import PressureEvent
-from ..guard import crash_only
 from ..logsetup import get_logger
 from ..process.registry import GroupRegistry
 from ..process.tree import find_marked, kill_refs, killpg
 from ..reload.reloader import Reloader
 from ..reload.watcher import watch_config_dir
+from ..service.crashonly import crash_only
 from ..service.deps import GpuHooks
 from ..service.gate import StartGate
 from ..service.manager import Manager

@@ -16,8 +16,8 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import StartFailedError
-from ..guard import crash_only
 from ..logsetup import get_logger
+from ..service.crashonly import crash_only
 from . import ollama_api, openai_api
 from .auth import host_allowed, host_refused, is_loopback_bind, presented_key, unauthorized
 from .backend import GatewayBackend, Rebuild, Upstream

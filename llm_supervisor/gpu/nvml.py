@@ -16,8 +16,8 @@ from typing import Any, Protocol
 
 import pynvml
 
-from ..guard import start_thread
 from ..logsetup import get_logger
+from ..process.threads import start_thread
 from .snapshot import GpuDevice, GpuProcess, GpuSnapshot
 
 __all__ = [

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import psutil
 
-from ..guard import start_thread
 from ..logsetup import get_logger
+from .threads import start_thread
 
 log = get_logger(__name__)
 

@@ -22,7 +22,6 @@ from ..config.secrets import redact_argv, secret_values
 from ..config.vllmargs import respell
 from ..engines import engine_for
 from ..errors import PortInUseError, StartFailedError
-from ..guard import ErrorTrack
 from ..logsetup import get_logger
 from ..process.child import ChildProcess, ExitStatus
 from ..process.environment import clean_child_env
@@ -30,6 +29,7 @@ from ..process.logline import LogLine
 from ..process.output import OutputRing, RotatingFile
 from ..process.ports import port_owner
 from .backoff import decide_restart
+from .crashonly import ErrorTrack
 from .deps import ServiceDeps
 from .progress import Progress, ProgressTracker
 from .starts import estimate_eta

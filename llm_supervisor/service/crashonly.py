@@ -9,23 +9,18 @@ what it observes then. Only cancellation ends a guarded loop.
 from __future__ import annotations
 
 import asyncio
-import os
-import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from .logsetup import get_logger
+from ..logsetup import get_logger
 
 log = get_logger(__name__)
 
 INITIAL_DELAY = 0.1  # seconds before the first resume: most errors are transient
 MAX_DELAY = 10.0  # a persistent error is retried (and logged) at most this often
 STABLE_AFTER = 60.0  # a run this long without an error resets the backoff
-# Comma-separated thread names whose start fails as under a pids limit (chaos tests: root,
-# which CI runs as, is exempt from RLIMIT_NPROC, so the limit itself cannot be used there).
-FAULT_ENV = "LLM_SUPERVISOR_FAIL_THREADS"
 
 
 @dataclass
@@ -80,16 +75,3 @@ async def crash_only(
             errors[name] += 1
             delay = track.record(exc, task=name)
         await sleep(delay)
-
-
-def start_thread(target: Callable[[], object], name: str) -> RuntimeError | None:
-    """Start a daemon thread; return the error instead of raising it when the OS refuses
-    (pids limit, RLIMIT_NPROC): that is an error of the component, not the daemon's end."""
-    try:
-        if name in os.environ.get(FAULT_ENV, "").split(","):
-            raise RuntimeError(f"can't start new thread ({FAULT_ENV})")
-        threading.Thread(target=target, name=name, daemon=True).start()
-    except RuntimeError as exc:
-        log.error("thread.start_failed", thread=name, error=str(exc))
-        return exc
-    return None
