@@ -261,6 +261,7 @@ def run_daemon(
     wait_ready: bool = True,
     timeout: float = 20.0,
     log_dir: Path | None = None,
+    prefix: Sequence[str] = (),
 ) -> Iterator[DaemonProcess]:
     """Start ``llm-supervisor run`` on ``config_dir``; yield a handle; always clean up.
 
@@ -268,13 +269,14 @@ def run_daemon(
     ``extra_args``: more ``run`` flags. ``env``: added to a cleaned environment (pass
     ``NOTIFY_SOCKET`` here). ``wait_control``: wait until the control API answers (False for
     a daemon expected to exit, e.g. on a bad config: ``handle.proc.wait()``). ``wait_ready``:
-    also wait until every boot service is ready.
+    also wait until every boot service is ready. ``prefix``: a wrapper command, e.g.
+    ``["prlimit", "--nofile=400:400"]``.
     """
     state_dir = Path(tempfile.mkdtemp(prefix="lsd-", dir="/tmp"))  # short: socket path limit
     port = free_port() if gateway else None
     logs = log_dir or state_dir / "logs"
     argv = [
-        *CLI, "run", "--config-dir", str(config_dir), "--state-dir", str(state_dir),
+        *prefix, *CLI, "run", "--config-dir", str(config_dir), "--state-dir", str(state_dir),
         "--log-dir", str(logs), "--control", f"unix:{state_dir / 'control.sock'}",
         "--gateway", f"127.0.0.1:{port}" if port else "off", "--log-format", "json",
         "--shutdown-timeout", "10", *extra_args,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,10 @@ class StatusReport:
         placement: Placement,
         gateway: Gateway | None,
         reloader: Reloader,
+        health: Callable[[], dict[str, Any]] = dict,
     ) -> None:
         self.facts = facts
+        self._health = health  # supervising, task errors, descriptor limits (the daemon's)
         self._manager = manager
         self._placement = placement
         self._gateway = gateway
@@ -79,6 +82,7 @@ class StatusReport:
                 "orphans_killed": self.facts.orphans_killed,
                 "config_dir": str(self.facts.config_dir),
                 "gateway": self.gateway_address(),
+                **self._health(),
             },
             "services": services,
             "gpus": self._placement.status(config),
