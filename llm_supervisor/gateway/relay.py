@@ -192,6 +192,8 @@ class EngineConnection(asyncio.Protocol):
         if self.first_body_at is None:
             self.first_body_at = time.perf_counter()
         sink.write(data)
+        if not sink.get_write_buffer_size():  # all sent at once: the usual case, and cheap
+            return
         protocol = self._client_protocol
         if protocol is not None and protocol.writing_paused and not self.paused:
             self._pause()
