@@ -129,9 +129,16 @@ class UpstreamClient:
     ) -> web.StreamResponse:
         """Proxy the exchange. A client hang-up cancels this task (handler_cancellation),
         and the cancellation closes the engine connection, so the engine stops the work."""
-        if (body is None or isinstance(body, bytes)) and _leanable(request):
-            head = _request_head(request, up, body or b"", strip_auth)
-            return await self._lean(up, request, head, body or b"", extra_headers or [])
+        if (body is None or isinstance(body, bytes)) and _leanable(request):  # relay.py's path
+            body = body or b""
+            conn = await self._send(up, request, _request_head(request, up, body, strip_auth), body)
+            try:
+                return await _pass_on(conn, request, up, extra_headers or [])
+            except BaseException:
+                conn.close()  # cancelled: the engine sees the hang-up and stops the work
+                raise
+            finally:
+                self.pool.release(conn)
         try:
             resp = await self.session().request(
                 request.method,
@@ -153,23 +160,6 @@ class UpstreamClient:
             raise
         finally:
             resp.release()
-
-    async def _lean(
-        self,
-        up: Upstream,
-        request: web.BaseRequest,
-        head: bytes,
-        body: bytes,
-        extra: list[tuple[str, str]],
-    ) -> web.StreamResponse:
-        conn = await self._send(up, request, head, body)
-        try:
-            return await _pass_on(conn, request, up, extra)
-        except BaseException:
-            conn.close()  # cancelled: the engine sees the hang-up and stops the work
-            raise
-        finally:
-            self.pool.release(conn)
 
     async def _send(
         self, up: Upstream, request: web.BaseRequest, head: bytes, body: bytes
