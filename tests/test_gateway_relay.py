@@ -237,6 +237,21 @@ async def test_a_slow_client_pauses_the_engine_and_still_gets_every_byte() -> No
     assert received == piece * count
 
 
+async def test_an_informational_answer_before_the_real_one_is_not_passed_on() -> None:
+    early = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+
+    def hints(conn: int, count: int, head: bytes, b: bytes, transport: asyncio.Transport) -> None:
+        transport.write(early)  # alone, then with the answer in one segment
+        asyncio.get_running_loop().call_soon(transport.write, early + OK)
+
+    async with relay(hints) as (engine, _, url), httpx.AsyncClient() as client:
+        for _ in range(2):
+            response = await client.get(url + "/api/version")
+            assert (response.status_code, response.json()) == (200, {"ok": True})
+            assert "link" not in response.headers
+    assert engine.connections == 1
+
+
 async def test_head_requests_are_answered_without_a_body() -> None:
     def answer(conn: int, count: int, head: bytes, b: bytes, transport: asyncio.Transport) -> None:
         transport.write(OK[: OK.index(b"\r\n\r\n") + 4] if head.startswith(b"HEAD") else OK)

@@ -79,6 +79,8 @@ class EngineConnection(asyncio.Protocol):
         self.hop = False  # it has a hop-by-hop header (then the head is rebuilt without)
         self.head_done = self.complete = self.paused = self.received = False
         self.keep_alive = False
+        self.interim = 0  # 1xx heads before the answer's (103 Early Hints): not passed on
+        self._in_interim = False
         self.error: Exception | None = None
         self.pending: list[bytes] = []  # body bytes as framed, not yet written to the client
         self.first_body_at: float | None = None
@@ -169,8 +171,11 @@ class EngineConnection(asyncio.Protocol):
         elif self.head_done:  # the head ended in this segment: the rest is body
             head = self._head + data
             self._head = b""
-            end = head.index(b"\r\n\r\n") + 4
-            self.raw_head = head[:end]
+            start = 0
+            for _ in range(self.interim):  # a 1xx has no body: it ends with its head
+                start = head.index(b"\r\n\r\n", start) + 4
+            end = head.index(b"\r\n\r\n", start) + 4
+            self.raw_head = head[start:end]
             self._read_head()
             if rest := head[end:]:
                 self._body(rest)
@@ -213,11 +218,18 @@ class EngineConnection(asyncio.Protocol):
     # httptools callbacks
 
     def on_headers_complete(self) -> None:
+        if self.parser.get_status_code() < 200:  # 101 never gets here: llhttp refuses it
+            self._in_interim = True
+            return
         self.head_done = True
         # Asked now: once the message is complete llhttp has reset what it knew.
         self.keep_alive = self.parser.should_keep_alive()
 
     def on_message_complete(self) -> None:
+        if self._in_interim:
+            self._in_interim = False
+            self.interim += 1
+            return
         self.complete = True
 
     def _read_head(self) -> None:
