@@ -6,6 +6,7 @@ Endpoints (JSON unless noted)::
     GET  /v1/gpus                               {"available", "reason", "gpus"}
     POST /v1/services/{name}/start|stop|restart ?wait=1
     POST /v1/reload                             ?wait=1&dry_run=1
+    POST /v1/upgrade                            re-exec in place; {"from", "to", "pid", ...}
     GET  /v1/services/{name}/logs               ?lines=N&since=SECONDS|10m&follow=1 (NDJSON)
     GET  /metrics                               Prometheus text format
     GET  /v1/events                             ?after=SEQ&limit=N&follow=1 (SSE) (page.py)
@@ -39,6 +40,7 @@ from ..errors import (
     StartFailedError,
     SupervisorError,
     UnknownServiceError,
+    UpgradeError,
 )
 from ..logsetup import get_logger
 from .backend import ControlBackend, LogLine
@@ -72,6 +74,8 @@ def error_body(exc: BaseException) -> tuple[int, dict[str, Any]]:
         status = 409 if kind else 500
         err.update(type=kind or "start_failed", service=exc.name, reason=exc.reason)
         err.update(cause=exc.cause, hint=exc.hint)
+    elif isinstance(exc, UpgradeError):
+        status, err["type"] = 409, "upgrade_failed"
     elif isinstance(exc, ServiceError):
         status, err["type"] = 409, "service_error"
     elif isinstance(exc, SupervisorError):
@@ -180,6 +184,10 @@ def create_app(
         result = await backend.reload(_flag(request, "wait"), _flag(request, "dry_run"))
         return JSONResponse(result)
 
+    async def upgrade(_: Request) -> Response:
+        log.info("control.upgrade")
+        return JSONResponse(await backend.upgrade())
+
     async def logs(request: Request) -> Response:
         name = request.path_params["name"]
         lines, since = _lines(request), _since(request)
@@ -212,6 +220,7 @@ def create_app(
             for action in ("start", "stop", "restart")
         ),
         Route("/v1/reload", _guarded(reload), methods=["POST"]),
+        Route("/v1/upgrade", _guarded(upgrade), methods=["POST"]),
         Route("/v1/services/{name}/logs", _guarded(logs), methods=["GET"]),
         Route("/metrics", _guarded(metrics), methods=["GET"]),
         *page_routes(ending),

@@ -72,6 +72,12 @@ class ControlBackend(Protocol):
         "stopped": [...], "updated": [...]}}``. ``dry_run`` validates and diffs only."""
         ...
 
+    async def upgrade(self) -> dict[str, Any]:
+        """Re-execute the daemon in place once the installed code is known to start; returns
+        ``{"from": old version, "to": new version, "pid", "generation"}`` before the exec.
+        Raises UpgradeError (new code cannot start, or an upgrade is under way)."""
+        ...
+
     def log_tail(self, name: str, lines: int, since: float | None) -> list[LogLine]:
         """The last ``lines`` lines, oldest first; ``since`` is an absolute Unix time (lines
         with ``ts >= since``) or None. Raises UnknownServiceError."""

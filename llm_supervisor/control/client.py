@@ -27,6 +27,7 @@ from ..errors import (
     ServiceError,
     StartFailedError,
     UnknownServiceError,
+    UpgradeError,
 )
 from .address import default_control_address, parse_address, read_token
 from .backend import LogLine
@@ -99,6 +100,8 @@ def api_error(response: httpx.Response) -> Exception:
         return failed[kind](*args, str(err.get("cause", "unknown")), str(err.get("hint", "")))
     if kind == "service_error":
         return ServiceError(message)
+    if kind == "upgrade_failed":
+        return UpgradeError(message)
     return ControlError(message)
 
 
@@ -158,6 +161,10 @@ class ControlClient:
     def reload(self, wait: bool = False, dry_run: bool = False) -> dict[str, Any]:
         params = {"wait": 1 if wait else None, "dry_run": 1 if dry_run else None}
         data: dict[str, Any] = self._request("POST", "/v1/reload", **params).json()
+        return data
+
+    def upgrade(self) -> dict[str, Any]:
+        data: dict[str, Any] = self._request("POST", "/v1/upgrade").json()
         return data
 
     def log_tail(self, name: str, lines: int | str, since: float | None) -> list[LogLine]:

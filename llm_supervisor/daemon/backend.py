@@ -54,6 +54,9 @@ class DaemonBackend:
             return {"result": "queued", "errors": [], "changes": {}}
         return await asyncio.shield(future)
 
+    async def upgrade(self) -> dict[str, Any]:
+        return await self.daemon.request_upgrade()
+
     def log_tail(self, name: str, lines: int, since: float | None) -> list[LogLine]:
         return self.manager.log_tail(name, lines, since)
 

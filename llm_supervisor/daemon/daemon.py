@@ -1,4 +1,4 @@
-"""``llm-supervisor run``: wiring, signals, and one ordered shutdown.
+"""``llm-supervisor run``: wiring, signals, adoption, one ordered shutdown, in-place upgrade.
 
 Signal handlers only set flags (as uvicorn's do); the main coroutine acts on them.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -14,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import __version__
 from ..config.load import load_config
 from ..config.models import Config
 from ..control.server import serve_control
-from ..errors import SupervisorError
+from ..errors import SupervisorError, UpgradeError
 from ..gateway.app import Gateway
 from ..gateway.relief import relieve
 from ..gpu.fake import make_backend
@@ -32,8 +34,10 @@ from ..service.gate import StartGate
 from ..service.manager import Manager
 from . import lastresort
 from .backend import DaemonBackend
+from .listeners import Listeners, take_inherited
 from .sdnotify import SystemdNotifier, watchdog_loop
 from .status import summary_line
+from .upgrade import PRECHECK_TIMEOUT, Handover, exec_self, precheck
 
 log = get_logger(__name__)
 
@@ -53,6 +57,7 @@ class DaemonOptions:
     watch: bool = True
     debounce_ms: int = 50
     gpu_interval: float = 5.0
+    upgrade_timeout: float = PRECHECK_TIMEOUT
 
 
 class Daemon:
@@ -61,7 +66,14 @@ class Daemon:
         self.notifier = SystemdNotifier()
         self.placement = Placement(GpuMonitor(make_backend()))
         self.registry = GroupRegistry(options.state_dir)
-        self.started_at = time.time()
+        # Set by a previous program of this PID that re-executed itself (an upgrade).
+        self.handover = Handover.take(os.environ)
+        self.listeners = Listeners(take_inherited(os.environ))
+        self.upgrading_to: str | None = None
+        self.ready = False
+        self._upgrade_check: asyncio.Task[str] | None = None
+        self._upgrade_task: asyncio.Future[None] | None = None
+        self.started_at = self.handover.started_at or time.time()
         self.started_monotonic = time.monotonic()
         self.gateway: Gateway | None = None
         self.reloader: Reloader | None = None
@@ -100,6 +112,17 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_stop_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+        loop.add_signal_handler(signal.SIGUSR2, self._on_usr2)
+
+    def _on_usr2(self) -> None:
+        log.info("upgrade.triggered", trigger="SIGUSR2")
+        self._upgrade_task = asyncio.ensure_future(self._upgrade_logged())
+
+    async def _upgrade_logged(self) -> None:
+        try:
+            await self.request_upgrade()
+        except UpgradeError as exc:
+            log.error("upgrade.refused", error=str(exc))
 
     # -- run ---------------------------------------------------------------------------
 
@@ -108,25 +131,58 @@ class Daemon:
         await self.placement.refresh()
         config = self.load()  # ConfigError propagates: nothing has been started yet
         self.registry.acquire()  # before the sweep: another live daemon's engines are no orphans
-        killed = await self.registry.kill_orphans()
-        if killed:
-            log.warning("daemon.orphans_killed", pids=killed)
+        self._bind_listeners()
         self._build(config)
         try:
+            await self._adopt()
             async with asyncio.TaskGroup() as group:
                 await self._start(group)
                 await self._stop.wait()
-                await self._shutdown()
+                await (self._detach() if self.upgrading_to else self._shutdown())
         except BaseExceptionGroup as errors:
             # A listener that could not start (socket taken) is an operator error: surface
             # it as itself so cli.py prints one line instead of a group traceback.
             raise _first_supervisor_error(errors) or errors from None
         finally:
-            await self._backstop()
+            if self.upgrading_to is None:
+                await self._backstop()
+            else:
+                await self._release()
             self.registry.release()
             self._disarm()
+        if self.upgrading_to is not None:
+            log.info("daemon.exec", version=__version__, to=self.upgrading_to)
+            self.listeners.hand_over(os.environ)
+            exec_self(os.environ, self.handover, self.started_at)
+        self.listeners.close()
         log.info("daemon.stopped")
         return 0
+
+    def _bind_listeners(self) -> None:
+        """Bind (or take over from the previous program) before any engine is touched."""
+        self.listeners.control(self.options.control, self.options.socket_group)
+        if self.options.gateway is not None:
+            self.listeners.gateway(*self.options.gateway)
+
+    async def _adopt(self) -> None:
+        """Adopt the previous daemon's engines that match the config; kill everything else."""
+        records = {str(r.get("service")): r for r in self.registry.records()}
+        keep = []
+        for name, record in records.items():
+            service = self.manager.services.get(name)
+            why = "no such service" if service is None else service.adoptable(record)
+            if why is None:
+                keep.append(name)
+            else:
+                log.info("adopt.skipped", service=name, pid=record.get("pid"), reason=why)
+        killed = await self.registry.kill_orphans(keep=keep)
+        if killed:
+            log.warning("daemon.orphans_killed", pids=killed)
+        adopted = [n for n in keep if await self.manager.services[n].adopt(records[n])]
+        for name in set(keep) - set(adopted):  # died meanwhile: its leftovers go now
+            self.registry.forget(name)
+        if records:
+            log.info("daemon.adopted", services=sorted(adopted), killed=len(killed))
 
     def _build(self, config: Config) -> None:
         self.manager = Manager(
@@ -164,11 +220,13 @@ class Daemon:
             self.backend, self.options.control, token_file=self.options.token_file,
             socket_group=self.options.socket_group, started=control_up,
             collectors=[self.gateway.stats.collector()] if self.gateway else (),
+            sock=self.listeners.sockets["control"],
         ))  # fmt: skip
         waits = [control_up.wait()]
         if self.gateway is not None and self.options.gateway is not None:
             host, port = self.options.gateway
-            self._spawn(group, "gateway", self.gateway.serve(host, port, gateway_up))
+            sock = self.listeners.sockets["gateway"]
+            self._spawn(group, "gateway", self.gateway.serve(host, port, gateway_up, sock=sock))
             waits.append(gateway_up.wait())
         await self._started(waits)
         assert self.reloader is not None
@@ -182,6 +240,10 @@ class Daemon:
         self._spawn(group, "status", self._status_loop())
         await self.manager.start_boot_services()
         self.notifier.ready(status=summary_line(self))
+        self.ready = True
+        if self.handover.generation:
+            log.info("daemon.upgraded", old=self.handover.previous_version, new=__version__,
+                     generation=self.handover.generation, pid=os.getpid())  # fmt: skip
         # WATCHDOG=1 is sent from this event loop: if the loop blocks, systemd notices.
         self._spawn(group, "watchdog", watchdog_loop(
             self.notifier, self.notifier.watchdog_interval()
@@ -234,6 +296,43 @@ class Daemon:
         # 5. Control API last, so `status` works while the services stop.
         for name in ("gpu", "status", "watchdog", "control"):
             await self._cancel(name)
+
+    # -- in-place upgrade --------------------------------------------------------------
+
+    async def request_upgrade(self) -> dict[str, Any]:
+        """Check that the installed code starts, then re-execute into it (after answering)."""
+        if self.upgrading_to is not None or self._stop.is_set():
+            raise UpgradeError("an upgrade or a shutdown is already under way")
+        if self._upgrade_check is None or self._upgrade_check.done():
+            self._upgrade_check = asyncio.create_task(
+                precheck(self.options.config_dir, self.options.upgrade_timeout)
+            )
+        version = await asyncio.shield(self._upgrade_check)  # concurrent requests share one
+        if self.upgrading_to is None and not self._stop.is_set():
+            self.upgrading_to = version
+            log.info("daemon.upgrading", old=__version__, new=version)
+            self._stop.set()
+        return {"from": __version__, "to": version, "pid": os.getpid(),
+                "generation": self.handover.generation}  # fmt: skip
+
+    async def _detach(self) -> None:
+        """Before exec: stop serving and supervising; every engine keeps running."""
+        self.ready = False
+        self.notifier.reloading(status=f"upgrading to {self.upgrading_to}")
+        for name in ("watcher", "reloader"):
+            await self._cancel(name)
+        if self.reloader is not None:
+            await self.reloader.close()
+        # Stops accepting (the socket stays open: connections wait in its backlog) and lets
+        # open requests finish.
+        await self._cancel("gateway")
+        await self.manager.detach_all()
+        for name in ("gpu", "status", "watchdog", "control"):
+            await self._cancel(name)
+
+    async def _release(self) -> None:
+        await self.manager.aclose()
+        self.placement.monitor.close()
 
     async def _cancel(self, name: str) -> None:
         task = self._tasks.get(name)

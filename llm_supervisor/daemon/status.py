@@ -31,6 +31,9 @@ def build_status(daemon: Daemon) -> dict[str, Any]:
             "started_at": daemon.started_at,
             "config_dir": str(daemon.options.config_dir),
             "gateway": daemon.gateway_address,
+            "ready": daemon.ready,  # READY=1 sent: boot services launched, adoptions done
+            "generation": daemon.handover.generation,  # upgrades in place so far
+            "previous_version": daemon.handover.previous_version,
         },
         "services": services,
         "gpus": daemon.placement.status(config),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections.abc import AsyncIterator
 
@@ -34,6 +35,7 @@ from .upstream import (
 log = get_logger(__name__)
 
 GRACEFUL_SHUTDOWN = 5.0  # open streams get this long to finish when the gateway stops
+BACKLOG = 1024  # create_server calls listen() again: keep room for clients during an upgrade
 
 
 class Gateway:
@@ -132,9 +134,18 @@ class Gateway:
             group.create_task(self.idle.run())
 
     async def serve(
-        self, host: str, port: int, ready_event: asyncio.Event | None = None, loops: bool = True
+        self,
+        host: str,
+        port: int,
+        ready_event: asyncio.Event | None = None,
+        loops: bool = True,
+        sock: socket.socket | None = None,
     ) -> None:
-        """Serve until cancelled; then finish gracefully (open streams get 5 s)."""
+        """Serve until cancelled; then finish gracefully (open streams get 5 s).
+
+        With ``sock`` (bound by the daemon) the server accepts on a duplicate: stopping it
+        stops accepting but leaves the socket listening, for an upgrade in place.
+        """
         # handler_cancellation: a client that hangs up cancels its handler, and with it the
         # engine request (the rule "client gone → upstream cancelled").
         server = web.Server(self.handle, handler_cancellation=True, access_log=None)
@@ -142,7 +153,10 @@ class Gateway:
         await runner.setup()
         loop_task = asyncio.create_task(self.run_loops()) if loops else None
         try:
-            await web.TCPSite(runner, host, port).start()
+            if sock is not None:
+                await web.SockSite(runner, sock.dup(), backlog=BACKLOG).start()
+            else:
+                await web.TCPSite(runner, host, port).start()
             self.port = runner.addresses[0][1]
             if ready_event is not None:
                 ready_event.set()

@@ -1,4 +1,4 @@
-"""Child output: read in chunks, split on \\n and \\r, kept in a ring and a rotating file.
+"""Child output: read in chunks, split on \\n and \\r, kept in a ring buffer.
 
 Chunked reads (not readline) because tqdm progress bars write ``\\r`` without newlines and
 engines can print single lines far beyond asyncio's 64 KiB readline limit.
@@ -12,7 +12,6 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from ..logsetup import get_logger
@@ -32,45 +31,16 @@ class LogLine:
     stream: str
     text: str
 
+    @classmethod
+    def now(cls, text: str, stream: str = "out") -> LogLine:
+        return cls(time.time(), stream, text)
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LogLine:
         return cls(float(data["ts"]), str(data.get("stream", "out")), str(data["text"]))
-
-
-class RotatingFile:
-    """Append-only file with size rotation (name.log → name.log.1 … .N)."""
-
-    def __init__(self, path: Path, max_bytes: int = 20 * 2**20, backups: int = 3) -> None:
-        self.path = path
-        self.max_bytes = max_bytes
-        self.backups = backups
-        self._failed = False
-        self._size = path.stat().st_size if path.exists() else 0
-
-    def write(self, data: bytes) -> None:
-        try:
-            if self._size + len(data) > self.max_bytes and self._size > 0:
-                self._rotate()
-            with self.path.open("ab") as fh:
-                fh.write(data)
-            self._size += len(data)
-            self._failed = False
-        except OSError as exc:
-            # A full disk must not stop the pump (the engine would block on a full pipe).
-            if not self._failed:
-                log.error("log.write_failed", path=str(self.path), error=str(exc))
-            self._failed = True
-
-    def _rotate(self) -> None:
-        for i in range(self.backups, 0, -1):
-            older = self.path.with_name(f"{self.path.name}.{i}")
-            newer = self.path.with_name(f"{self.path.name}.{i - 1}") if i > 1 else self.path
-            if newer.exists():
-                newer.replace(older)
-        self._size = 0
 
 
 class OutputRing:
@@ -108,32 +78,28 @@ class OutputRing:
         return lines()
 
 
-async def pump(
-    stream: asyncio.StreamReader, ring: OutputRing, sink: RotatingFile | None, name: str = "out"
-) -> None:
-    """Copy a child's output into the ring and the file until EOF."""
+async def pump(stream: asyncio.StreamReader, ring: OutputRing, name: str = "out") -> None:
+    """Copy a child's output from a pipe into the ring until EOF (no log dir: tests)."""
     pending = b""
     while chunk := await stream.read(CHUNK):
-        if sink is not None:
-            sink.write(chunk)
         pending += chunk
-        pending = _emit_lines(pending, ring, name)
+        pending = emit_lines(pending, ring, name)
     if pending:
-        ring.append(LogLine(time.time(), name, _decode(pending)))
+        ring.append(LogLine(time.time(), name, decode(pending)))
 
 
-def _emit_lines(buffer: bytes, ring: OutputRing, name: str) -> bytes:
+def emit_lines(buffer: bytes, ring: OutputRing, name: str) -> bytes:
     """Append every complete line in ``buffer`` and return the unfinished rest."""
     *complete, rest = _LINE_END.split(buffer)
     now = time.time()
     for part in complete:
         if part:  # "\r\n" and repeated "\r" leave empty pieces
-            ring.append(LogLine(now, name, _decode(part)))
+            ring.append(LogLine(now, name, decode(part)))
     if len(rest) > MAX_LINE:  # a giant line: keep its head, drop the rest of this chunk
-        ring.append(LogLine(now, name, _decode(rest) + " …[cut]"))
+        ring.append(LogLine(now, name, decode(rest) + " …[cut]"))
         return b""
     return rest
 
 
-def _decode(data: bytes) -> str:
+def decode(data: bytes) -> str:
     return data[:MAX_LINE].decode("utf-8", errors="replace")

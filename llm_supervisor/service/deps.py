@@ -43,5 +43,4 @@ class ServiceDeps:
     wall_clock: Callable[[], float] = time.time
     rand: Callable[[], float] = random.random
     listeners: list[StateListener] = field(default_factory=list)
-    parent_death_signal: bool = True
     ready_poll_interval: float = 0.1

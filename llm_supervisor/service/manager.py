@@ -95,6 +95,10 @@ class Manager:
         for service in self.services.values():
             self.registry.forget(service.name)
 
+    async def detach_all(self) -> None:
+        """Stop supervising every service, leaving its engine running (before an upgrade)."""
+        await asyncio.gather(*(s.detach() for s in self.services.values()))
+
     async def add_service(self, svc: ServiceConfig) -> Service:
         service = self._add(svc)
         if svc.spec.start == "boot":

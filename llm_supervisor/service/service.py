@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..config.models import ServiceConfig
@@ -21,8 +24,9 @@ from ..errors import PortInUseError, StartFailedError
 from ..logsetup import get_logger
 from ..process.child import ChildProcess, ExitStatus
 from ..process.environment import clean_child_env
-from ..process.output import LogLine, OutputRing, RotatingFile
+from ..process.output import LogLine, OutputRing
 from ..process.ports import port_owner
+from ..process.registry import recorded_root, recorded_tree
 from .backoff import decide_restart
 from .deps import ServiceDeps
 from .progress import Progress, ProgressTracker
@@ -56,6 +60,7 @@ class Service:
         self.last_failure: Failure | None = None
         self.last_exit_at: float | None = None
         self.ready_since: float | None = None
+        self.ready_since_wall: float | None = None  # recorded, so an adopter keeps the uptime
         self.last_request: float | None = None
         self.health_latency: float | None = None
         self.health_failures = 0
@@ -65,10 +70,10 @@ class Service:
         self._child: ChildProcess | None = None
         self._runner: asyncio.Task[None] | None = None
         self._failure_times: list[float] = []
+        self._adopted_ready_since: object = None  # wall time the adopted engine became ready
         self._run_started = 0.0
         self._lifecycle = asyncio.Lock()
         self._changed = asyncio.Event()
-        self._sink = self._open_sink()
         self.ring.listeners.append(self._on_output)
 
     @property
@@ -78,7 +83,7 @@ class Service:
     @property
     def pid(self) -> int | None:
         child = self._child
-        return child.pid if child is not None and child.returncode is None else None
+        return child.pid if child is not None and child.running else None
 
     def tree_pids(self) -> list[int]:
         return self._child.tree_pids() if self._child is not None else []
@@ -91,6 +96,7 @@ class Service:
             raise InvalidTransition(old, new)
         self.state, self.reason = new, reason
         self.ready_since = self.deps.clock() if new is State.READY else None
+        self.ready_since_wall = self.deps.wall_clock() if new is State.READY else None
         if new is not old:
             self.starting_since = self.deps.clock() if new is State.STARTING else None
         log.info("service.state", service=self.name, old=str(old), new=str(new), reason=reason)
@@ -184,7 +190,7 @@ class Service:
             with contextlib.suppress(asyncio.CancelledError):
                 await runner
         child = self._child
-        if child is not None and (child.returncode is None or child.known):
+        if child is not None and (child.running or child.known):
             if self.state in (State.STARTING, State.READY):
                 self._set_state(State.STOPPING, reason)
             grace = self.config.spec.stop_timeout or self.engine.stop_timeout
@@ -196,9 +202,10 @@ class Service:
 
     # -- the runner: start, watch, restart ---------------------------------------------
 
-    async def _supervise(self) -> None:
+    async def _supervise(self, adopted: ChildProcess | None = None) -> None:
         while True:
-            failure = await self._run_once()
+            failure = await self._run_once(adopted)
+            adopted = None
             self.last_failure = failure
             self.last_exit_at = self.deps.wall_clock()
             now = self.deps.clock()
@@ -222,18 +229,23 @@ class Service:
             self._set_state(State.BACKOFF, f"{summary}; restart in {decision.delay:.2f}s")
             await asyncio.sleep(decision.delay)
 
-    async def _run_once(self) -> Failure:
+    async def _run_once(self, adopted: ChildProcess | None = None) -> Failure:
         if self.state is not State.STARTING:
             self._set_state(State.STARTING, "restart")
         self._progress = ProgressTracker(self.config.spec.engine, self.deps.clock)
         try:
-            async with self.deps.start_gate(self):
-                child = await self._spawn()
-                failure = await self._await_ready(child)
+            if adopted is not None:
+                # No start gate: the engine holds its memory already, admission would count
+                # it twice, and the previous daemon admitted it.
+                child, failure = adopted, await self._await_ready(adopted)
+            else:
+                async with self.deps.start_gate(self):
+                    child = await self._spawn()
+                    failure = await self._await_ready(child)
         except StartFailedError as exc:
             return Failure("spawn", exc.reason, cause=exc.cause, hint=exc.hint)
         if failure is None:
-            self._set_state(State.READY, "ready")
+            self._become_ready(child, adopted is not None)
             failure = await self._watch(child)
             # Not serving any more: ensure_ready() must not answer "ready" during the cleanup
             # (seconds on a GPU while the memory is released), and a stop must find no READY.
@@ -249,32 +261,101 @@ class Service:
                 self.name, f"port {spec.port} is in use by {owner}", cause="port_in_use",
                 hint=f"stop {owner} or give this service another port",
             )  # fmt: skip
-        env = self._environment()
+        env = {**clean_child_env(os.environ), **self._own_env()}
         self._run_started = self.deps.wall_clock()  # output after this belongs to this run
         child = await ChildProcess.spawn(
             self.name, self.engine.argv(self.config), env,
-            marker=self.deps.registry.marker(self.name), ring=self.ring, sink=self._sink,
-            parent_death_signal=self.deps.parent_death_signal,
+            marker=self.deps.registry.marker(self.name), ring=self.ring,
+            log_path=self._log_path(),
         )  # fmt: skip
         self._child = child
-        child.on_tree_grew = self._record_tree
-        self._record_tree(child)
+        child.on_tree_grew = self._record
+        self._record(child)
         log.info(
             "service.spawned", service=self.name, pid=child.pid, argv=self.engine.argv(self.config)
         )
         return child
 
-    def _record_tree(self, child: ChildProcess) -> None:
-        self.deps.registry.record(self.name, child.pid, child.create_time, child.known)
+    def _record(self, child: ChildProcess) -> None:
+        """Persist what a successor daemon needs to adopt this engine (registry.py)."""
+        self.deps.registry.record(
+            self.name, child.pid, child.create_time, child.known,
+            fingerprint=self.fingerprint(), port=self.config.spec.port,
+            log_path=str(child.log_path) if child.log_path else None, log_start=child.log_start,
+            ready_since=self.ready_since_wall if self._child is child else None,
+            restarts=dict(self.restarts),
+        )  # fmt: skip
 
-    def _environment(self) -> dict[str, str]:
-        env = clean_child_env(os.environ)
+    def _own_env(self) -> dict[str, str]:
+        """The environment the config gives the engine (the daemon's own is added to it)."""
+        env: dict[str, str] = {}
         devices = self.deps.cuda_devices(self.config)
         if devices is not None:
             env["CUDA_VISIBLE_DEVICES"] = devices
         env.update(self.engine.env(self.config, self.deps.policy()))
         env.update(self.config.spec.env)
         return env
+
+    def fingerprint(self) -> str:
+        """What makes a running engine this service's: argv, configured env, port.
+
+        The inherited environment is left out on purpose: systemd gives every invocation a
+        new INVOCATION_ID, and a restart of the daemon must not look like a changed spec.
+        """
+        identity = [self.engine.argv(self.config), self._own_env(), self.config.spec.port]
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+    def _log_path(self) -> Path | None:
+        log_dir = self.deps.log_dir
+        return log_dir.resolve() / f"{self.name}.log" if log_dir is not None else None
+
+    # -- adoption (a previous daemon's engine) and detaching (before an upgrade) ---------
+
+    def adoptable(self, record: dict[str, Any]) -> str | None:
+        """Why the engine in ``record`` cannot be adopted, or None if it can."""
+        root = recorded_root(record)
+        if root is None or root.alive() is None:
+            return "not running"
+        if record.get("fingerprint") != self.fingerprint():
+            return "spec changed"
+        return None
+
+    async def adopt(self, record: dict[str, Any]) -> bool:
+        """Supervise the engine a previous daemon started, without restarting it."""
+        root = recorded_root(record)
+        marker = self.deps.registry.marker(self.name)
+        async with self._lifecycle:
+            child = None
+            if root is not None and (self._runner is None or self._runner.done()):
+                child = ChildProcess.adopt(self.name, root, marker=marker,
+                                           known=recorded_tree(record))  # fmt: skip
+            if child is None:
+                return False
+            self.restarts.update(record.get("restarts") or {})
+            self._adopted_ready_since = record.get("ready_since")
+            self._run_started = self.deps.wall_clock()
+            log_path, start = self._log_path(), int(record.get("log_start") or 0)
+            if log_path is not None and record.get("log_path") == str(log_path):
+                child.follow(log_path, self.ring, start, tail=True)
+            self._child = child
+            child.on_tree_grew = self._record
+            self._set_state(State.STARTING, "adopted")
+            self._runner = asyncio.create_task(self._supervise(child), name=f"service:{self.name}")
+        log.info("service.adopted", service=self.name, pid=child.pid)
+        return True
+
+    async def detach(self) -> None:
+        """Stop supervising and leave the engine running (an upgrade re-adopts it)."""
+        async with self._lifecycle:
+            runner, self._runner = self._runner, None
+            if runner is not None and not runner.done():
+                runner.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await runner
+            child = self._child
+            if child is not None and child.running:
+                await child.detach()
+                self._record(child)
 
     async def _await_ready(self, child: ChildProcess) -> Failure | None:
         """Poll readiness until it answers, racing the child's exit and the startup timeout."""
@@ -336,9 +417,19 @@ class Service:
                 log.warning(
                     "service.health_failed", service=self.name, failures=self.health_failures
                 )
-            if self.health_failures >= health.failures and child.returncode is None:
+            if self.health_failures >= health.failures and child.running:
                 message = f"{self.health_failures} consecutive health checks failed"
                 return Failure("health", message, was_ready_for=ready_for)
+
+    def _become_ready(self, child: ChildProcess, adopted: bool) -> None:
+        self._set_state(State.READY, "adopted" if adopted else "ready")
+        was = self._adopted_ready_since
+        if adopted and isinstance(was, (int, float)):
+            # Keep the original uptime: it was ready all along, under the previous daemon.
+            age = max(0.0, self.deps.wall_clock() - float(was))
+            self.ready_since, self.ready_since_wall = self.deps.clock() - age, float(was)
+        self._adopted_ready_since = None
+        self._record(child)
 
     def _on_output(self, line: LogLine) -> None:
         if self._progress is not None and self.state is State.STARTING:
@@ -356,7 +447,7 @@ class Service:
 
     async def _cleanup_after_failure(self, child: ChildProcess, failure: Failure) -> None:
         """Make sure nothing of the failed run is left, then explain what happened."""
-        if child.returncode is None:
+        if child.running:
             # Hung or too slow: ask politely first, the ladder escalates.
             grace = self.config.spec.stop_timeout or self.engine.stop_timeout
             failure.status = await child.stop(grace)
@@ -364,6 +455,7 @@ class Service:
             # The main process is gone; vLLM's EngineCore/Worker would stay and hold memory.
             await child.kill_remaining()
         failure.status = failure.status or await child.wait()
+        await child.drain_output()
         self._diagnose(failure)
         await self._forget_child(child)
 
@@ -391,16 +483,6 @@ class Service:
             self._child = None
         if self.deps.wait_released is not None:
             await self.deps.wait_released(self, gone)
-
-    def _open_sink(self) -> RotatingFile | None:
-        if self.deps.log_dir is None:
-            return None
-        try:
-            self.deps.log_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            log.error("log.dir_unusable", dir=str(self.deps.log_dir), error=str(exc))
-            return None
-        return RotatingFile(self.deps.log_dir / f"{self.name}.log")
 
     # -- what status shows -------------------------------------------------------------
 

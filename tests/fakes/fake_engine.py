@@ -4,7 +4,8 @@
 Speaks enough of vLLM (``/health``, ``/v1/models``, ``/v1/chat/completions``) or Ollama
 (``/api/version``) for readiness and liveness, and misbehaves on request: slow start, failing
 or hanging health, ignoring SIGTERM, exiting after a while, spawning grandchildren (also in
-their own session), flooding output, printing giant lines or vLLM-like loading phases.
+their own session), flooding output, printing giant lines or vLLM-like loading phases, or
+dying of SIGPIPE on a write to a pipe nobody reads any more, as a Go program (Ollama) does.
 Unknown flags are accepted, as a real engine's argv carries many.
 """
 
@@ -48,6 +49,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--max-position-embeddings", type=int, default=4096)
     p.add_argument("--fail-with", default=None, help="print this line then exit 1 at start")
+    p.add_argument("--go-sigpipe", action="store_true", help="die of SIGPIPE, as Go does")
+    p.add_argument("--heartbeat", type=float, default=None, help="print a line every S")
+    p.add_argument("--log-requests", action="store_true", help="print a line per request")
     args, _unknown = p.parse_known_args()
     return args
 
@@ -55,6 +59,10 @@ def parse() -> argparse.Namespace:
 def main() -> None:
     args = parse()
     name = args.served_model_name or args.model
+    if args.go_sigpipe:
+        # Python ignores SIGPIPE (a write to a reader-less pipe raises BrokenPipeError); a
+        # Go program writing to stdout/stderr is killed by it instead (os/signal docs).
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     print(f"fake engine pid={os.getpid()} mode={args.mode} port={args.port}", flush=True)
     if args.ignore_term:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -77,6 +85,8 @@ def main() -> None:
     started = time.monotonic()
     if args.flood:
         threading.Thread(target=flood, args=(args.flood,), daemon=True).start()
+    if args.heartbeat:
+        threading.Thread(target=heartbeat, args=(args.heartbeat,), daemon=True).start()
     if args.exit_after is not None:
         threading.Timer(args.exit_after, lambda: os._exit(args.exit_code)).start()
     serve(args, name, started)
@@ -122,6 +132,14 @@ def flood(per_second: int) -> None:
         time.sleep(1)
 
 
+def heartbeat(every: float) -> None:
+    n = 0
+    while True:
+        n += 1
+        print(f"heartbeat {n} at {time.time():.3f}", flush=True)
+        time.sleep(every)
+
+
 def serve(args: argparse.Namespace, name: str, started: float) -> None:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -159,6 +177,8 @@ def serve(args: argparse.Namespace, name: str, started: float) -> None:
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = json.loads(self.rfile.read(length) or b"{}")
+            if args.log_requests:
+                print(f"request {self.path} model={body.get('model')}", flush=True)
             if self.path.startswith("/v1/"):
                 text = "fake reply"
                 self._send(
