@@ -24,8 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     with client_from_args(args) as client:
+        before = client.status().get("services", {})
         answer = client.upgrade()
-        status = wait_upgraded(client, int(answer.get("generation", 0)), args.timeout)
+        was_ready = {n for n, s in before.items() if s.get("state") == "ready"}
+        status = wait_upgraded(client, int(answer.get("generation", 0)), was_ready, args.timeout)
     services = status.get("services", {})
     ready = sum(1 for s in services.values() if s.get("state") == "ready")
     daemon = status.get("daemon", {})
@@ -36,14 +38,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def wait_upgraded(client: ControlClient, generation: int, timeout: float) -> dict[str, Any]:
-    """Poll until the next program of the daemon answers and says it is ready."""
+def wait_upgraded(
+    client: ControlClient, generation: int, was_ready: set[str], timeout: float
+) -> dict[str, Any]:
+    """Poll until the next program of the daemon is ready and has probed every engine that
+    was ready before (adopted engines are probed once before they show ``ready``)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             status = client.status()
-            daemon = status.get("daemon", {})
-            if int(daemon.get("generation", 0)) > generation and daemon.get("ready"):
+            daemon, services = status.get("daemon", {}), status.get("services", {})
+            settled = all(services.get(n, {}).get("state") != "starting" for n in was_ready)
+            if int(daemon.get("generation", 0)) > generation and daemon.get("ready") and settled:
                 return status
         except DaemonUnreachableError:
             pass  # the instant between the exec and the new program's first accept
