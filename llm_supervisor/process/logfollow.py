@@ -32,7 +32,7 @@ TAIL_BYTES = 256 * 1024  # read back at adoption: the ring holds lines, not mega
 POLL_MIN = 0.05  # seconds between reads while output flows
 POLL_MAX = 0.5  # … and while the engine is quiet
 MAX_READ = 4 * 2**20  # per poll, so a flooding engine cannot hold the event loop
-DISK_CHECK_EVERY = 20  # quiet polls between checks for a full disk
+DISK_CHECK_EVERY = 4  # quiet polls between checks for a full disk (one statvfs)
 
 
 def open_log_for_append(path: Path) -> tuple[int, int] | None:
