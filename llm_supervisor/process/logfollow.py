@@ -112,8 +112,8 @@ class LogFollower:
         while True:
             try:
                 got = self._read()
-                if got == 0 and os.fstat(self._fd or -1).st_size > self.max_bytes:
-                    self._rotate()
+                if self._fd is not None and os.fstat(self._fd).st_size > self.max_bytes:
+                    self._rotate()  # also while a flood goes on: it never pauses for us
             except OSError as exc:  # crash-only: say so once, go on reading
                 if not self._error_reported:
                     log.error("log.follow_failed", path=str(self.path), error=str(exc))
