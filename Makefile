@@ -2,8 +2,26 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-CONFIG ?= profiles
 ARGS   ?=
+GATEWAY ?= 127.0.0.1:11434
+CONTROL ?=
+
+# `make run` serves the shipped profiles when an engine they use is installed; on a machine
+# with neither vllm nor ollama on the PATH it serves the CPU vLLM example instead, so a first
+# run ends with a model answering. CONFIG=DIR (e.g. CONFIG=profiles) chooses explicitly.
+CPU_EXAMPLE := profiles/examples/cpu-vllm
+ifneq ($(origin CONFIG),undefined)
+RUN_CONFIG := $(CONFIG)
+else ifneq ($(shell command -v vllm || command -v ollama),)
+RUN_CONFIG := profiles
+else
+RUN_CONFIG := $(CPU_EXAMPLE)
+NO_ENGINES := 1
+endif
+CONFIG ?= profiles
+CONTROL_FLAG := $(if $(CONTROL),--control $(CONTROL))
+# The model the "try it" hint asks: the first served_name in the config (or a placeholder).
+TRY_MODEL ?= $(or $(shell sed -n 's/^ *served_name: *\([^ #]*\).*/\1/p' $(RUN_CONFIG)/*.y*ml 2>/dev/null | head -n 1),MODEL)
 
 .PHONY: run test lint typecheck pytest bench check schema clean deps-system vllm-env
 
@@ -21,7 +39,19 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed
 
 run: $(VENV)/.installed
-	$(BIN)/llm-supervisor run --config-dir $(CONFIG) --state-dir .state --log-dir logs $(ARGS)
+ifdef NO_ENGINES
+	@echo "make run: neither vllm nor ollama is on the PATH; running the CPU vLLM example $(CPU_EXAMPLE) (make run CONFIG=profiles runs the shipped profiles)"
+endif
+ifeq ($(RUN_CONFIG),$(CPU_EXAMPLE))
+	@$(MAKE) --no-print-directory vllm-env
+endif
+	@echo "make run: starting the daemon on $(RUN_CONFIG); once the log shows a service ready, try:"
+	@echo "  curl -s http://$(GATEWAY)/v1/chat/completions -H 'content-type: application/json' \\"
+	@echo "       -d '{\"model\": \"$(TRY_MODEL)\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello\"}], \"max_tokens\": 16}'"
+	@echo "  $(BIN)/llm-supervisor status $(CONTROL_FLAG)   # services, GPUs, last reload"
+	@echo "  $(BIN)/llm-supervisor ui $(CONTROL_FLAG)       # prints the status page's URL"
+	$(BIN)/llm-supervisor run --config-dir $(RUN_CONFIG) --state-dir .state --log-dir logs \
+	  --gateway $(GATEWAY) $(CONTROL_FLAG) $(ARGS)
 
 check: $(VENV)/.installed
 	$(BIN)/llm-supervisor check --config-dir $(CONFIG)
@@ -42,9 +72,13 @@ pytest: $(VENV)/.installed-dev vllm-env
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # tests/test_systemd_unit.py runs `systemd-analyze verify`, tests/test_status_page.py headless
-# chromium with chromium-driver; install Debian's systemd package
-# when it is missing and we may (root with apt-get, as in CI); otherwise the test says why.
+# chromium with chromium-driver, tests/test_deploy_prometheus.py `promtool` (Debian's
+# prometheus package); install them when missing and we may (root with apt-get, as in CI);
+# otherwise the test says why.
 deps-system:
+	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
+	  || echo "deps-system: promtool missing; tests/test_deploy_prometheus.py skips (fails when CI is set)"
 	@command -v systemd-analyze >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	  && apt-get update -qq && apt-get install -y -qq --no-install-recommends systemd >/dev/null; } \
 	  || echo "deps-system: systemd-analyze missing; tests/test_systemd_unit.py skips (fails when CI is set)"

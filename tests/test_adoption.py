@@ -2,7 +2,7 @@
 
 Every test runs the real daemon (tests/daemon_harness.py) over fake engines that behave like
 Go on a broken stdout (``--go-sigpipe``: SIGPIPE kills them), keep printing while no daemon
-runs (``--heartbeat``, ``--log-requests``), and are attacked from outside.
+runs (``--heartbeat``, a line per request), and are attacked from outside.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from tests.daemon_harness import (
 
 pytestmark = pytest.mark.timeout(120)
 
-GO_LIKE = ("--go-sigpipe", "--heartbeat", "0.2", "--log-requests")
+GO_LIKE = ("--go-sigpipe", "--heartbeat", "0.2")
 
 
 @pytest.fixture
@@ -101,7 +101,7 @@ def test_kill_9_then_a_new_daemon_adopts_every_engine_without_a_restart(
     # While no daemon runs, the engines keep serving and keep writing their logs: a pipe
     # would have killed these Go-like engines with SIGPIPE on their next line.
     assert chat(before["m1"]["port"], "model-1") == 200
-    wait_until(lambda: "request /v1/chat" in (logs / "m1.log").read_text(), 5, "m1 logs it")
+    wait_until(lambda: "request POST /v1/chat" in (logs / "m1.log").read_text(), 5, "m1 logs it")
     time.sleep(0.5)  # heartbeats keep coming while nobody reads
     assert all(psutil.pid_exists(pid) for pid in pids.values())
 
@@ -117,7 +117,7 @@ def test_kill_9_then_a_new_daemon_adopts_every_engine_without_a_restart(
         assert chat(port, "model-2") == 200  # the gateway routes to the adopted engine
         # `logs` shows what the engine wrote while no daemon ran.
         text = [line.text for line in second.client().log_tail("m1", 1000, None)]
-        assert any(t.startswith("request /v1/chat") for t in text), text[-5:]
+        assert any(t.startswith("request POST /v1/chat") for t in text), text[-5:]
         late = [float(t.split(" at ")[1]) for t in text if t.startswith("heartbeat")]
         assert any(killed_at < ts < killed_at + 0.5 for ts in late), "lines from the gap"
 
@@ -138,7 +138,7 @@ def test_go_like_fake_engine_dies_of_sigpipe_when_its_reader_is_gone() -> None:
     """The fake is faithful: what a pipe to a dead daemon would do to Ollama."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, FAKE_ENGINE, "--port", str(port), "--go-sigpipe", "--log-requests"],
+        [sys.executable, FAKE_ENGINE, "--port", str(port), "--go-sigpipe"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:

@@ -78,6 +78,13 @@ class StubBackend:
     def note_request(self, service: str) -> None:
         pass
 
+    def eta(self, service: str) -> float | None:
+        return 0.0 if service in self.running else None
+
+    def states(self) -> dict[str, str]:
+        names = self.cfg.services
+        return {n: "ready" if n in self.running else "stopped" for n in names}
+
 
 @dataclass
 class Rig:
@@ -410,6 +417,8 @@ async def test_failed_or_timed_out_start_is_answered_with_its_cause(
     assert response.status_code == status
     error = response.json()["error"]
     assert (error["type"], error["message"]) == ("server_error", message)
+    # A timed-out wait tells the client when to come back; a failed start does not guess.
+    assert response.headers.get("Retry-After") == ("10" if status == 504 else None)
 
 
 async def test_on_demand_start_and_idle_stop(rig_factory: RigFactory) -> None:

@@ -7,7 +7,7 @@ import sys
 
 SCRIPT = """
 import time
-from llm_supervisor import lastresort
+from llm_supervisor.daemon import lastresort
 lastresort.arm(0.2, lambda: print("cleanup ran", flush=True))
 disarm = lastresort.arm(0.1, lambda: print("must not run", flush=True))
 disarm()

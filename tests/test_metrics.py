@@ -23,6 +23,8 @@ FAMILIES = {
     "llm_supervisor_service_last_exit_timestamp_seconds": "gauge",
     "llm_supervisor_health_check_seconds": "gauge",
     "llm_supervisor_health_check_failures": "gauge",
+    "llm_supervisor_requests_waiting": "gauge",
+    "llm_supervisor_requests_in_flight": "gauge",
     "llm_supervisor_gpu_telemetry_available": "gauge",
     "llm_supervisor_gpu_info": "gauge",
     "llm_supervisor_gpu_memory_total_bytes": "gauge",
@@ -32,6 +34,12 @@ FAMILIES = {
     "llm_supervisor_config_last_reload_success_timestamp_seconds": "gauge",
     "llm_supervisor_keepalive_rewrites": "counter",
     "llm_supervisor_ollama_models_loaded": "gauge",
+    "llm_supervisor_service_rolled_back": "gauge",
+    "llm_supervisor_gpu_up": "gauge",
+    "llm_supervisor_gpu_pressure": "gauge",
+    "llm_supervisor_config_last_reload_successful": "gauge",
+    "llm_supervisor_orphans_killed": "counter",
+    "llm_supervisor_service_start_elapsed_seconds": "gauge",
 }
 
 
@@ -164,3 +172,33 @@ def test_extra_collectors_win_on_name_clashes() -> None:
     assert sample.labels == {"model": "gpt-oss:120b", "rule": "gpt-oss:*", "kind": "keep_alive"}
     assert sample.value == 2
     assert "llm_supervisor_service_up" in families  # the status families are all still there
+
+
+def test_alerting_families_follow_the_status() -> None:
+    """What deploy/prometheus/alerts.yml needs: rollback, lost GPU, pressure, bad reload,
+    orphans killed at start."""
+    p = "llm_supervisor_"
+    backend = FakeControlBackend()
+    fams = scrape(backend)
+    assert value(fams[p + "service_rolled_back"], p + "service_rolled_back", service="broken") == 0
+    assert value(fams[p + "gpu_up"], p + "gpu_up", gpu="0") == 1
+    pressure = fams[p + "gpu_pressure"]
+    assert value(pressure, p + "gpu_pressure", gpu="0", level="normal") == 1
+    assert value(pressure, p + "gpu_pressure", gpu="0", level="critical") == 0
+    assert fams[p + "config_last_reload_successful"][0].value == 1
+    assert value(fams[p + "orphans_killed"], p + "orphans_killed_total") == 0
+
+    doc = backend.status()
+    doc["services"]["broken"]["degraded"] = "rolled back: cuda_oom (reload)"
+    doc["gpus"]["gpus"][0].update(pressure="critical", error="GPU is lost")
+    doc["reload"]["result"] = "rejected"
+    doc["daemon"]["orphans_killed"] = 3
+    doc["services"]["qwen3-8b"].update(state="starting", progress={"phase": "x", "elapsed": 42.5})
+    fams = scrape(StatusOnly(doc))
+    assert value(fams[p + "service_rolled_back"], p + "service_rolled_back", service="broken") == 1
+    assert value(fams[p + "gpu_up"], p + "gpu_up", gpu="0") == 0
+    assert value(fams[p + "gpu_pressure"], p + "gpu_pressure", gpu="0", level="critical") == 1
+    assert fams[p + "config_last_reload_successful"][0].value == 0
+    assert value(fams[p + "orphans_killed"], p + "orphans_killed_total") == 3
+    loading = fams[p + "service_start_elapsed_seconds"]
+    assert [(s.labels, s.value) for s in loading] == [({"service": "qwen3-8b"}, 42.5)]

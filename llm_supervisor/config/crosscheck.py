@@ -34,6 +34,7 @@ def check(
     issues += _unique_models(profiles, all_docs)
     issues += _gpu_references(profiles, all_docs, gpu_totals)
     issues += _overcommit(profiles, all_docs, gpu_totals)
+    issues += _fallback_loops(policy, policy_source, all_docs)
     if check_references:
         issues += _policy_references(profiles, policy, policy_source, all_docs)
     return issues
@@ -178,14 +179,45 @@ def _policy_references(
             msg = f"rule {rule.match!r} matches no model named in the profiles"
             key: Key = ("keep_alive", "rules", i, "match")
             issues.append(_issue(docs, source, key, msg, "warning"))
-    for field in ("pin", "focus"):
+    for field in ("pin", "focus", "warmup"):
         for i, name in enumerate(getattr(policy, field)):
             if name not in models:
                 msg = f"{name!r} is not offered by any service"
                 issues.append(_issue(docs, source, (field, i), msg, "warning"))
+    for model, alternatives in policy.fallbacks.items():
+        for i, name in enumerate(alternatives):
+            if name not in models:
+                msg = f"fallback {name!r} is not offered by any service"
+                issues.append(_issue(docs, source, ("fallbacks", model, i), msg, "warning"))
     if policy.focus:
         for i, name in enumerate(policy.pin):
             if name not in policy.focus:
                 msg = f"pinned model {name!r} is not in focus, so requests for it are refused"
                 issues.append(_issue(docs, source, ("pin", i), msg, "warning"))
     return issues
+
+
+def _fallback_loops(policy: Policy, source: str, docs: dict[str, LoadedYaml]) -> list[ConfigIssue]:
+    """A model that falls back, through any chain, to itself would never be served."""
+    issues = []
+    for model in policy.fallbacks:
+        path = _loop_from(model, policy.fallbacks)
+        if path:
+            msg = "fallbacks form a loop: " + " -> ".join(path)
+            issues.append(_issue(docs, source, ("fallbacks", model), msg, "error"))
+    return issues
+
+
+def _loop_from(start: str, edges: dict[str, tuple[str, ...]]) -> list[str] | None:
+    """The first chain start -> ... -> start, depth first; None when there is none."""
+    stack: list[tuple[str, list[str]]] = [(start, [start])]
+    seen: set[str] = set()
+    while stack:
+        node, path = stack.pop()
+        for nxt in edges.get(node, ()):
+            if nxt == start:
+                return [*path, nxt]
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append((nxt, [*path, nxt]))
+    return None

@@ -8,6 +8,7 @@ errors with a position, so a hot reload rejects them and retries on the next cha
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError, ConfigIssue
 from . import crosscheck
+from .envvars import expand_tree
 from .messages import found, validation_issues
 from .models import Config, Policy, ProfileFile, ServiceConfig
 from .yamlload import LoadedYaml, YamlSyntaxError, load_yaml
@@ -182,7 +184,17 @@ def _read(path: Path, collector: _Collector) -> LoadedYaml | None:
         msg = f"expected a mapping (key: value) at the top level, got {found(doc.data)}"
         collector.error(name, mark.line, mark.col, "", msg)
         return None
-    return doc
+    return _expand_env(doc, name, collector)
+
+
+def _expand_env(doc: LoadedYaml, name: str, collector: _Collector) -> LoadedYaml | None:
+    """``${NAME}`` in strings, from the daemon's environment (envvars.py); every unset
+    variable is reported, and the file is not validated further (each would cascade)."""
+    doc.data, problems = expand_tree(doc.data, os.environ)
+    for path, message in problems:
+        mark = doc.mark_for(path)
+        collector.error(name, mark.line, mark.col, ".".join(map(str, path)), message)
+    return None if problems else doc
 
 
 def _validate(model: type[_M], doc: LoadedYaml, name: str, collector: _Collector) -> _M | None:

@@ -80,6 +80,11 @@ class ServiceSpec(Strict):
     vram: ByteSize | None = Field(
         default=None, description="Declared GPU memory budget (non-vLLM engines), e.g. 40GiB."
     )
+    warmup: bool = Field(
+        default=False,
+        description="vLLM/command: send one 1-token completion after ready, before the gateway "
+        "routes to it (Ollama: the policy's warmup list).",
+    )
 
     @field_validator("args")
     @classmethod
@@ -179,6 +184,12 @@ class PressureSpec(Strict):
         return self
 
 
+class QueueSpec(Strict):
+    max_waiting: int = Field(
+        default=256, ge=1, description="Requests held per service while it starts; more get 503."
+    )
+
+
 class Policy(Strict):
     keep_alive: KeepAlivePolicy = Field(
         default=KeepAlivePolicy(), description="The one keep_alive policy for every client."
@@ -197,6 +208,20 @@ class Policy(Strict):
     evict_idle: bool = Field(
         default=True,
         description="Admission may stop idle, non-pinned services on a full GPU to start another.",
+    )
+    queue: QueueSpec = Field(default=QueueSpec(), description="Requests waiting for a start.")
+    fallbacks: dict[str, tuple[str, ...]] = Field(
+        default_factory=dict,
+        description="Models served instead when a model's service is fatal, cannot be "
+        "admitted, or still loads after fallback_after: {gpt-oss:120b: [gpt-oss:20b]}.",
+    )
+    fallback_after: Duration | None = Field(
+        default=None,
+        description="Serve a fallback once a request waited this long for a load (default: never).",
+    )
+    warmup: tuple[str, ...] = Field(
+        default=(),
+        description="Ollama models loaded and asked for one token when their service is ready.",
     )
 
 

@@ -5,7 +5,8 @@ metrics. Fields marked *metrics* feed Prometheus families; a backend that lacks 
 works (the families are then empty or fall back to totals)::
 
     {"version": "0.1.0",
-     "daemon": {"pid": 1, "uptime": 12.3, "config_dir": "...", "started_at": 1700000000.0},
+     "daemon": {"pid": 1, "uptime": 12.3, "config_dir": "...", "started_at": 1700000000.0,
+                "orphans_killed": 0},                                     # metrics
      "services": {NAME: {
          "engine": "vllm", "gpu": [0], "state": "ready", "pid": 123, "pids": [123, 124],
          "restarts": 2, "uptime": 55.1, "port": 8001, "start": "boot", "reason": "...",

@@ -13,21 +13,31 @@ Families (``service`` = service name, ``gpu`` = GPU index; no PIDs or request id
 - ``llm_supervisor_service_last_exit_timestamp_seconds{service}`` when it last exited.
 - ``llm_supervisor_health_check_seconds{service}`` latency of the last health probe.
 - ``llm_supervisor_health_check_failures{service}`` consecutive failed probes right now.
+- ``llm_supervisor_service_start_elapsed_seconds{service}`` seconds into the current start
+  (load); present only while starting, so a graph shows each load as a ramp to its duration.
+- ``llm_supervisor_service_rolled_back{service}`` 1 while the service runs its last known good
+  spec because a reloaded one failed (``degraded`` in status).
+- ``llm_supervisor_requests_waiting{service}`` / ``llm_supervisor_requests_in_flight{service}``
+  gateway requests held for the service's start / being served by it.
 - ``llm_supervisor_gpu_telemetry_available`` 1 when NVML answers, else 0.
 - ``llm_supervisor_gpu_info{gpu,uuid,name}`` 1 per GPU, to map indexes to devices.
+- ``llm_supervisor_gpu_up{gpu}`` 1 when this GPU answers NVML, 0 when it is lost or failing.
+- ``llm_supervisor_gpu_pressure{gpu,level}`` 1 for the GPU's memory pressure level (normal,
+  warning, critical; the policy's thresholds).
 - ``llm_supervisor_gpu_memory_total_bytes{gpu}`` / ``llm_supervisor_gpu_memory_used_bytes{gpu}``.
 - ``llm_supervisor_gpu_service_memory_bytes{gpu,service}`` GPU memory held by a service's
   processes (the whole process tree).
 - ``llm_supervisor_config_reloads_total{result}`` reloads by result (applied, rejected,
   unchanged, queued).
 - ``llm_supervisor_config_last_reload_success_timestamp_seconds`` last applied/unchanged reload.
+- ``llm_supervisor_config_last_reload_successful`` 0 while the config on disk is rejected.
+- ``llm_supervisor_orphans_killed_total`` processes of a previous daemon killed at start.
 - ``llm_supervisor_keepalive_rewrites_total{model,rule}`` client keep_alive values the policy
   replaced, by model and the rule that applied.
 - ``llm_supervisor_ollama_models_loaded{service}`` models an Ollama service holds in memory.
 
-Alert examples: ``llm_supervisor_service_up == 0``, ``increase(
-llm_supervisor_service_restarts_total[15m]) > 3``, ``llm_supervisor_service_state{state="fatal"}
-== 1``, ``increase(llm_supervisor_config_reloads_total{result="rejected"}[1h]) > 0``.
+The gateway adds its own families (gateway/stats.py). Alerting rules and a dashboard built
+on these names are in ``deploy/``; tests/test_deploy_metrics.py keeps them in step.
 """
 
 from __future__ import annotations
@@ -44,6 +54,7 @@ from .backend import SERVICE_STATES, ControlBackend
 
 PREFIX = "llm_supervisor_"
 _SUCCESS = ("applied", "unchanged")
+PRESSURE_LEVELS = ("normal", "warning", "critical")
 
 Metric = GaugeMetricFamily | CounterMetricFamily
 
@@ -75,7 +86,17 @@ def service_metrics(services: dict[str, Any]) -> list[Metric]:
     exit_at = _gauge("service_last_exit_timestamp_seconds", "Time of the last exit.", ["service"])
     latency = _gauge("health_check_seconds", "Latency of the last health probe.", ["service"])
     failures = _gauge("health_check_failures", "Consecutive failed health probes.", ["service"])
+    rolled_back = _gauge(
+        "service_rolled_back", "1 while on the last good spec after a failed reload.", ["service"]
+    )
+    loading = _gauge(
+        "service_start_elapsed_seconds", "Seconds into the current start (load).", ["service"]
+    )
+    waiting = _gauge("requests_waiting", "Gateway requests held for a start.", ["service"])
+    in_flight = _gauge("requests_in_flight", "Gateway requests being served.", ["service"])
     for name, svc in sorted(services.items()):
+        waiting.add_metric([name], float(svc.get("waiting") or 0))
+        in_flight.add_metric([name], float(svc.get("in_flight") or 0))
         current = svc.get("state")
         up.add_metric([name, str(svc.get("engine", ""))], 1.0 if current == "ready" else 0.0)
         for each in SERVICE_STATES:
@@ -95,7 +116,23 @@ def service_metrics(services: dict[str, Any]) -> list[Metric]:
         if health.get("last_latency") is not None:
             latency.add_metric([name], float(health["last_latency"]))
         failures.add_metric([name], float(health.get("failures") or 0))
-    return [up, state, restarts, code, exit_at, latency, failures]
+        rolled_back.add_metric([name], 1.0 if svc.get("degraded") else 0.0)
+        elapsed = (svc.get("progress") or {}).get("elapsed")
+        if current == "starting" and elapsed is not None:
+            loading.add_metric([name], float(elapsed))
+    return [
+        up,
+        state,
+        restarts,
+        code,
+        exit_at,
+        latency,
+        failures,
+        rolled_back,
+        loading,
+        waiting,
+        in_flight,
+    ]
 
 
 def gpu_metrics(gpus: dict[str, Any]) -> list[Metric]:
@@ -107,15 +144,21 @@ def gpu_metrics(gpus: dict[str, Any]) -> list[Metric]:
     per_service = _gauge(
         "gpu_service_memory_bytes", "GPU memory held by a service's processes.", ["gpu", "service"]
     )
+    gpu_up = _gauge("gpu_up", "1 when this GPU answers NVML (0: lost or failing).", ["gpu"])
+    pressure = _gauge("gpu_pressure", "1 for the GPU's memory pressure level.", ["gpu", "level"])
     for gpu in gpus.get("gpus") or []:
         index = str(gpu.get("index"))
         info.add_metric([index, str(gpu.get("uuid", "")), str(gpu.get("name", ""))], 1.0)
+        gpu_up.add_metric([index], 0.0 if gpu.get("error") else 1.0)
+        if gpu.get("pressure") is not None:
+            for level in PRESSURE_LEVELS:
+                pressure.add_metric([index, level], 1.0 if level == gpu["pressure"] else 0.0)
         memory = gpu.get("memory") or {}
         total.add_metric([index], float(memory.get("total") or 0))
         used.add_metric([index], float(memory.get("used") or 0))
         for service, held in sorted((gpu.get("services") or {}).items()):
             per_service.add_metric([index, service], float(held or 0))
-    return [available, info, total, used, per_service]
+    return [available, info, total, used, per_service, gpu_up, pressure]
 
 
 def reload_metrics(reload: dict[str, Any]) -> list[Metric]:
@@ -133,7 +176,11 @@ def reload_metrics(reload: dict[str, Any]) -> list[Metric]:
         when = reload.get("at")
     if when is not None:
         success.add_metric([], float(when))
-    return [reloads, success]
+    successful = _gauge(
+        "config_last_reload_successful", "0 while the config on disk is rejected, else 1."
+    )
+    successful.add_metric([], 0.0 if reload.get("result") == "rejected" else 1.0)
+    return [reloads, success, successful]
 
 
 def rewrite_entries(rewrites: Any) -> Iterator[tuple[str, str, float]]:
@@ -179,10 +226,12 @@ def daemon_metrics(status: dict[str, Any]) -> list[Metric]:
     build = _gauge("build_info", "Always 1; the version as a label.", ["version"])
     build.add_metric([str(status.get("version") or __version__)], 1.0)
     started = _gauge("daemon_start_time_seconds", "Time the daemon started.")
-    started_at = (status.get("daemon") or {}).get("started_at")
-    if started_at is not None:
-        started.add_metric([], float(started_at))
-    return [build, started]
+    daemon = status.get("daemon") or {}
+    if daemon.get("started_at") is not None:
+        started.add_metric([], float(daemon["started_at"]))
+    orphans = _counter("orphans_killed", "Processes of a previous daemon killed at start.")
+    orphans.add_metric([], float(daemon.get("orphans_killed") or 0))
+    return [build, started, orphans]
 
 
 class StatusCollector(Collector):

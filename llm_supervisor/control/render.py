@@ -145,6 +145,9 @@ def service_notes(services: Mapping[str, Any], color: bool) -> list[str]:
     for name, svc in services.items():
         if svc.get("degraded"):
             out.append(f"  {name}: {paint('degraded', 'yellow', color)}: {svc['degraded']}")
+        queue = queue_note(svc)
+        if queue:
+            out.append(f"  {name}: {queue}")
         if is_ok(svc):
             continue
         if svc.get("reason"):
@@ -153,6 +156,17 @@ def service_notes(services: Mapping[str, Any], color: bool) -> list[str]:
         if hint:
             out.append(f"  {name}: hint: {hint}")
     return out
+
+
+def queue_note(svc: Mapping[str, Any]) -> str:
+    """'3 requests waiting for the start, ready in ~95 s' while clients wait for a load."""
+    waiting = int(svc.get("waiting") or 0)
+    if not waiting:
+        return ""
+    eta = svc.get("eta_s")
+    when = f", ready in ~{eta:.0f} s" if isinstance(eta, int | float) else ""
+    plural = "request" if waiting == 1 else "requests"
+    return f"{waiting} {plural} waiting for the start{when}"
 
 
 def gpu_lines(gpus: Mapping[str, Any], color: bool) -> list[str]:

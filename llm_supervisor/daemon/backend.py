@@ -76,5 +76,11 @@ class DaemonBackend:
     async def stop_idle(self, service: str) -> None:
         await self.manager.get(service).stop("idle")
 
+    def eta(self, service: str) -> float | None:
+        return self.manager.get(service).eta()
+
+    def states(self) -> dict[str, str]:
+        return {name: str(s.state) for name, s in self.manager.services.items()}
+
     def note_request(self, service: str) -> None:
         self.manager.note_request(service)

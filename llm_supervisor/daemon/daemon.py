@@ -32,6 +32,7 @@ from ..reload.reloader import Reloader
 from ..reload.watcher import watch_config_dir
 from ..service.gate import StartGate
 from ..service.manager import Manager
+from ..service.starts import StartHistory
 from . import lastresort
 from .backend import DaemonBackend
 from .listeners import Listeners, take_inherited
@@ -74,6 +75,8 @@ class Daemon:
         self._upgrade_check: asyncio.Task[str] | None = None
         self._upgrade_task: asyncio.Future[None] | None = None
         self.started_at = self.handover.started_at or time.time()
+        self.orphans_killed = 0  # by the sweep at start (status and metrics)
+        self.engines_adopted = 0  # running engines of a previous daemon taken over at start
         self.started_monotonic = time.monotonic()
         self.gateway: Gateway | None = None
         self.reloader: Reloader | None = None
@@ -176,9 +179,11 @@ class Daemon:
             else:
                 log.info("adopt.skipped", service=name, pid=record.get("pid"), reason=why)
         killed = await self.registry.kill_orphans(keep=keep)
+        self.orphans_killed = len(killed)
         if killed:
             log.warning("daemon.orphans_killed", pids=killed)
         adopted = [n for n in keep if await self.manager.services[n].adopt(records[n])]
+        self.engines_adopted = len(adopted)
         for name in set(keep) - set(adopted):  # died meanwhile: its leftovers go now
             self.registry.forget(name)
         if records:
@@ -194,6 +199,7 @@ class Daemon:
                 "cuda_devices": self.placement.cuda_devices,
                 "wait_released": self.placement.wait_released,
             },
+            start_history=StartHistory(self.options.state_dir / "starts.json"),
         )
         self.placement.manager = self.manager
         self.backend = DaemonBackend(self)

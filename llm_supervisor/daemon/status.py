@@ -23,12 +23,19 @@ def build_status(daemon: Daemon) -> dict[str, Any]:
         entry = services.get(row.get("service", ""))
         if entry is not None:
             entry["idle"] = row
+    queue = daemon.gateway.queue_facts() if daemon.gateway else {}
+    for name, entry in services.items():
+        facts = queue.get(name, {})
+        entry["waiting"] = facts.get("waiting", 0)
+        entry["in_flight"] = facts.get("in_flight", 0)
     return {
         "version": __version__,
         "daemon": {
             "pid": os.getpid(),
             "uptime": time.monotonic() - daemon.started_monotonic,
             "started_at": daemon.started_at,
+            "orphans_killed": daemon.orphans_killed,
+            "engines_adopted": daemon.engines_adopted,  # at start, from a previous daemon
             "config_dir": str(daemon.options.config_dir),
             "gateway": daemon.gateway_address,
             "ready": daemon.ready,  # READY=1 sent: boot services launched, adoptions done

@@ -49,6 +49,28 @@ async def http_ok(client: Prober, url: str, timeout: float) -> bytes | None:
         return None
 
 
+async def http_post_ok(client: Prober, url: str, payload: object, timeout: float) -> bool:
+    """True if the server answered the POST with 2xx in time (the body is read and dropped)."""
+    try:
+        client_timeout = aiohttp.ClientTimeout(total=timeout)
+        async with client.post(url, json=payload, timeout=client_timeout) as response:
+            await response.read()
+            return 200 <= response.status < 300
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        return False
+
+
+WARMUP_PROMPT = "Hello"
+
+
+async def openai_warmup(client: Prober, svc: ServiceConfig, timeout: float) -> bool | None:
+    """One one-token completion by the served name; None when the service asks for none."""
+    if not svc.spec.warmup or not svc.spec.public_name:
+        return None
+    payload = {"model": svc.spec.public_name, "prompt": WARMUP_PROMPT, "max_tokens": 1}
+    return await http_post_ok(client, f"{base_url(svc)}/v1/completions", payload, timeout)
+
+
 class Engine(Protocol):
     kind: str
     stop_timeout: float
@@ -63,6 +85,12 @@ class Engine(Protocol):
         ...
 
     async def live(self, client: Prober, svc: ServiceConfig, timeout: float) -> bool: ...
+
+    async def warmup(
+        self, client: Prober, svc: ServiceConfig, policy: Policy, timeout: float
+    ) -> bool | None:
+        """One short request after ready; True/False: it answered or not; None: not asked."""
+        ...
 
 
 def base_url(svc: ServiceConfig) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..config.models import Policy, ServiceConfig
-from .base import Prober, base_url, flags, http_ok
+from .base import Prober, base_url, flags, http_ok, openai_warmup
 
 
 class CommandEngine:
@@ -25,3 +25,8 @@ class CommandEngine:
 
     async def live(self, client: Prober, svc: ServiceConfig, timeout: float) -> bool:
         return await self.ready(client, svc, timeout)
+
+    async def warmup(
+        self, client: Prober, svc: ServiceConfig, policy: Policy, timeout: float
+    ) -> bool | None:
+        return await openai_warmup(client, svc, timeout)

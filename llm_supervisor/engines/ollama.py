@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..config.models import Policy, ServiceConfig
 from ..durations import to_ollama_keep_alive
-from .base import Prober, base_url, flags, http_ok
+from .base import WARMUP_PROMPT, Prober, base_url, flags, http_ok, http_post_ok
 
 
 class OllamaEngine:
@@ -36,6 +36,21 @@ class OllamaEngine:
 
     async def live(self, client: Prober, svc: ServiceConfig, timeout: float) -> bool:
         return await self.ready(client, svc, timeout)
+
+    async def warmup(
+        self, client: Prober, svc: ServiceConfig, policy: Policy, timeout: float
+    ) -> bool | None:
+        """Load each of the policy's warm-up models this server offers and ask for one token,
+        with the forced options (a different num_ctx would make the next request reload)."""
+        models = [m for m in policy.warmup if m in svc.spec.models]
+        if not models:
+            return None
+        options = {**policy.ollama_options, "num_predict": 1}
+        ok = True
+        for model in models:
+            payload = {"model": model, "prompt": WARMUP_PROMPT, "stream": False, "options": options}
+            ok &= await http_post_ok(client, f"{base_url(svc)}/api/generate", payload, timeout)
+        return ok
 
 
 def _go_duration(value: int | str) -> str:

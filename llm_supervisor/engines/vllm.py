@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from ..config.models import Policy, ServiceConfig
-from .base import Prober, base_url, flags, http_ok
+from .base import Prober, base_url, flags, http_ok, openai_warmup
 
 
 class VllmEngine:
@@ -41,3 +41,8 @@ class VllmEngine:
 
     async def live(self, client: Prober, svc: ServiceConfig, timeout: float) -> bool:
         return await http_ok(client, f"{base_url(svc)}/health", timeout) is not None
+
+    async def warmup(
+        self, client: Prober, svc: ServiceConfig, policy: Policy, timeout: float
+    ) -> bool | None:
+        return await openai_warmup(client, svc, timeout)

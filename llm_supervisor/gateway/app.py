@@ -11,28 +11,34 @@ import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
 from ..errors import StartFailedError
 from ..logsetup import get_logger
 from . import ollama_api, openai_api
-from .backend import GatewayBackend, Upstream
+from .backend import GatewayBackend, Rebuild, Upstream
 from .idle import IdleWatcher
 from .models_view import Clock, PolicyState
 from .pins import PinReconciler
+from .queue import WaitingRoom, queue_document, retry_after
 from .routing import ollama_for
 from .stats import GatewayStats
 from .upstream import (
+    FIRST_BYTE_AT,
     ErrorBody,
     UpstreamBroke,
     UpstreamClient,
     UpstreamUnavailable,
     json_response,
     ollama_error,
+    openai_error,
 )
 
 log = get_logger(__name__)
+
+FALLBACK_HEADER = "X-LLM-Supervisor-Fallback"
 
 GRACEFUL_SHUTDOWN = 5.0  # open streams get this long to finish when the gateway stops
 BACKLOG = 1024  # create_server calls listen() again: keep room for clients during an upgrade
@@ -56,6 +62,7 @@ class Gateway:
         self.client = UpstreamClient()
         self.pins = PinReconciler(self.state, self.client, pin_interval)
         self.idle = IdleWatcher(self.state, idle_interval)
+        self.waiting = WaitingRoom()
         self.started_at = int(clock())
         self.port: int | None = None  # the bound port once serving (useful with port 0)
 
@@ -92,23 +99,119 @@ class Gateway:
         model: str | None = None,
         api: str = "ollama",
         ensure: bool = True,
+        rebuild: Rebuild | None = None,
     ) -> web.StreamResponse:
-        """Start the service if needed (the request waits), then forward and stream back."""
+        """Start the service if needed (the request waits), then forward and stream back.
+
+        With ``rebuild`` and a ``fallbacks`` entry for the model, a service that cannot
+        serve (fatal, not admitted, or still loading after ``fallback_after``) hands the
+        request to the first fallback that is ready or can start.
+        """
+        started = time.perf_counter()  # latency as clients feel it: a start included
         if ensure:
+            alternatives = self._fallbacks(model) if rebuild is not None else ()
+            refusal = await self._wait_ready(up, error_body, bool(alternatives))
+            if refusal is not None:
+                served = await self._fall_back(request, model, api, rebuild, alternatives, started)
+                if served is not None:
+                    return served
+                if refusal is STILL_LOADING:
+                    refusal = await self._wait_ready(up, error_body, False)
+                if isinstance(refusal, web.Response):
+                    return refusal
+        return await self._forward(up, request, body, error_body, started, model=model, api=api)
+
+    def _fallbacks(self, model: str | None) -> tuple[str, ...]:
+        return self.backend.config().policy.fallbacks.get(model, ()) if model else ()
+
+    async def _wait_ready(
+        self, up: Upstream, error_body: ErrorBody, may_fall_back: bool
+    ) -> web.Response | _StillLoading | None:
+        """None once the service is ready; else the answer for a client that cannot wait, or
+        STILL_LOADING when a fallback may serve it (``fallback_after`` passed)."""
+        policy = self.backend.config().policy
+        service = up.service
+        if self.waiting.is_full(service, policy.queue.max_waiting):
+            eta = self.backend.eta(service)
+            message = (
+                f"{self.waiting.counts[service]} requests already wait for service {service} to "
+                f"start (policy queue.max_waiting); ready in about {_about(eta)}"
+            )
+            log.warning("gateway.queue_full", service=service, waiting=self.waiting.counts[service])
+            return _with_retry(json_response(503, error_body(503, message)), eta, 5)
+        patience = policy.fallback_after if may_fall_back else None
+        patience_over = asyncio.timeout(patience)
+        try:
+            with self.waiting.hold(service):
+                async with patience_over:
+                    await self.backend.ensure_ready(service)
+        except StartFailedError as exc:
+            log.warning("gateway.start_failed", service=service, error=str(exc))
+            return json_response(503, error_body(503, f"{exc} {exc.hint}".strip()))
+        except TimeoutError:
+            if patience_over.expired():  # ours, not the service's startup_timeout
+                return STILL_LOADING
+            message = f"service {service} did not become ready within its startup_timeout"
+            log.warning("gateway.start_timeout", service=service)
+            eta = self.backend.eta(service)
+            return _with_retry(json_response(504, error_body(504, message)), eta, 10)
+        return None
+
+    async def _fall_back(
+        self,
+        request: web.BaseRequest,
+        model: str | None,
+        api: str,
+        rebuild: Rebuild | None,
+        alternatives: tuple[str, ...],
+        started: float,
+    ) -> web.StreamResponse | None:
+        """Serve the request with the first alternative that is ready or can start."""
+        if model is None or rebuild is None:
+            return None
+        for alternative in alternatives:
+            built = rebuild(alternative)
+            if built is None:
+                continue  # focus (or the client's key) does not allow that model
+            up, body = built
             try:
                 await self.backend.ensure_ready(up.service)
-            except StartFailedError as exc:
-                log.warning("gateway.start_failed", service=up.service, error=str(exc))
-                return json_response(503, error_body(503, f"{exc} {exc.hint}".strip()))
-            except TimeoutError:
-                message = f"service {up.service} did not become ready within its startup_timeout"
-                log.warning("gateway.start_timeout", service=up.service)
-                return json_response(504, error_body(504, message))
+            except (StartFailedError, TimeoutError):
+                continue
+            self.stats.fallbacks[(model, alternative)] += 1
+            log.info("gateway.fallback", model=model, fallback=alternative, service=up.service)
+            header = (FALLBACK_HEADER, f"{model} -> {alternative}")
+            return await self._forward(
+                up, request, body, _error_body(api), started,
+                model=alternative, api=api, headers=[header],
+            )  # fmt: skip
+        return None
+
+    async def _forward(
+        self,
+        up: Upstream,
+        request: web.BaseRequest,
+        body: bytes | AsyncIterator[bytes] | None,
+        error_body: ErrorBody,
+        started: float,
+        *,
+        model: str | None,
+        api: str,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> web.StreamResponse:
         self.backend.note_request(up.service)
         self.stats.requests[(up.service, api)] += 1
         self.state.request_started(up.service, model)
         try:
-            return await self.client.forward(up, request, body)
+            response = await self.client.forward(up, request, body, headers)
+            first_byte = response.get(FIRST_BYTE_AT)
+            self.stats.observe(
+                up.service,
+                request.path,
+                time.perf_counter() - started,
+                None if first_byte is None else first_byte - started,
+            )
+            return response
         except UpstreamUnavailable as exc:
             self.stats.upstream_errors[up.service] += 1
             log.warning("gateway.upstream_unavailable", service=up.service, error=str(exc))
@@ -126,6 +229,22 @@ class Gateway:
             raise
         finally:
             self.state.request_ended(up.service, model)
+
+    def queue(self) -> dict[str, Any]:
+        """``GET /v1/queue`` and ``/api/queue``: where a waiting client stands, per model."""
+        return queue_document(self.backend.config(), self.queue_facts(), self.started_at)
+
+    def queue_facts(self) -> dict[str, dict[str, Any]]:
+        """Per service: state, requests waiting for its start and in flight, the ETA."""
+        facts = {}
+        for service, state in self.backend.states().items():
+            facts[service] = {
+                "state": state,
+                "waiting": self.waiting.counts.get(service, 0),
+                "in_flight": max(0, self.state.in_flight.get(service, 0)),
+                "eta_s": None if state == "ready" else self.backend.eta(service),
+            }
+        return facts
 
     async def run_loops(self) -> None:
         """The pin reconciler and the idle watcher; runs until cancelled."""
@@ -170,6 +289,26 @@ class Gateway:
                 with contextlib.suppress(asyncio.CancelledError):
                     await loop_task
             await self.client.close()
+
+
+class _StillLoading:
+    """Not an answer for the client: fallback_after passed while the load goes on."""
+
+
+STILL_LOADING = _StillLoading()
+
+
+def _with_retry(response: web.Response, eta: float | None, default: int) -> web.Response:
+    response.headers["Retry-After"] = retry_after(eta, default)
+    return response
+
+
+def _about(eta: float | None) -> str:
+    return "an unknown time" if eta is None else f"{eta:.0f} s"
+
+
+def _error_body(api: str) -> ErrorBody:
+    return openai_error if api == "openai" else ollama_error
 
 
 def _expects_continue(request: web.BaseRequest) -> bool:

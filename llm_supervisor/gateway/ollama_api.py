@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import web
 
-from ..config.models import Policy
+from ..config.models import Config, Policy
 from ..logsetup import get_logger
+from .backend import Rebuild, Upstream
 from .keepalive import Decision, KeepAliveParseError, focus_allows, resolve_keep_alive
-from .routing import ollama_for, ollama_services
+from .routing import ollama_for, ollama_listing, ollama_services
 from .upstream import json_response, ollama_error
 
 if TYPE_CHECKING:
@@ -31,6 +32,8 @@ class Refusal(Exception):
 
 async def handle(gw: Gateway, request: web.BaseRequest) -> web.StreamResponse:
     path, config = request.path, gw.backend.config()
+    if path == "/api/queue" and request.method == "GET":
+        return json_response(200, gw.queue())
     if path.startswith("/api/blobs/"):  # model uploads: stream, never buffer gigabytes
         up = ollama_for(config, None)
         if up is None:
@@ -42,7 +45,10 @@ async def handle(gw: Gateway, request: web.BaseRequest) -> web.StreamResponse:
     payload = _json_object(body)
     model = payload.get("model") or payload.get("name") if payload else None
     model = model if isinstance(model, str) else None
+    rebuild = None
     if path in POLICY_PATHS and payload is not None and model:
+        if model in config.policy.fallbacks:  # the request as sent, before the policy
+            rebuild = _rebuilder(gw, request.remote or "?", dict(payload), config)
         try:
             if _apply_policy(gw, request.remote or "?", payload, model, config.policy):
                 body = json.dumps(payload).encode()
@@ -59,7 +65,23 @@ async def handle(gw: Gateway, request: web.BaseRequest) -> web.StreamResponse:
         ollama_error,
         model=model if inference else None,
         ensure=model is not None,
+        rebuild=rebuild,
     )
+
+
+def _rebuilder(gw: Gateway, client: str, original: dict[str, Any], config: Config) -> Rebuild:
+    """The same request for a fallback model, with the policy applied for that model."""
+
+    def build(alternative: str) -> tuple[Upstream, bytes] | None:
+        payload = {**original, "model": alternative}
+        try:
+            _apply_policy(gw, client, payload, alternative, config.policy)
+        except Refusal:
+            return None
+        up = ollama_listing(config, alternative)
+        return (up, json.dumps(payload).encode()) if up is not None else None
+
+    return build
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:

@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from ..config.models import Config
 from ..logsetup import get_logger
+from .backend import Rebuild, Upstream
 from .keepalive import focus_allows
 from .routing import openai_model_list, openai_route
 from .upstream import json_response, openai_error
@@ -32,6 +34,8 @@ def not_found(model: str) -> dict[str, Any]:
 
 async def handle(gw: Gateway, request: web.BaseRequest) -> web.StreamResponse:
     path, config = request.path, gw.backend.config()
+    if request.method == "GET" and path.rstrip("/") == "/v1/queue":
+        return json_response(200, gw.queue())
     if request.method == "GET" and path.rstrip("/") == "/v1/models":
         return json_response(200, openai_model_list(config, gw.started_at))
     if request.method == "GET" and path.startswith("/v1/models/"):
@@ -39,7 +43,8 @@ async def handle(gw: Gateway, request: web.BaseRequest) -> web.StreamResponse:
         listed = [m for m in openai_model_list(config, gw.started_at)["data"] if m["id"] == name]
         return json_response(200 if listed else 404, listed[0] if listed else not_found(name))
     body = await gw.read_body(request)
-    model = _model_of(body)
+    payload = _json_object(body)
+    model = _model_of(payload)
     if model is None:
         message = "The request body must be JSON with a 'model' field."
         return json_response(400, error(message, "invalid_request_error", "missing_model"))
@@ -52,13 +57,34 @@ async def handle(gw: Gateway, request: web.BaseRequest) -> web.StreamResponse:
     up = openai_route(config, model)
     if up is None:
         return json_response(404, not_found(model))
-    return await gw.route(up, request, body, openai_error, model=model, api="openai")
+    rebuild = None
+    if payload is not None and model in config.policy.fallbacks:
+        rebuild = _rebuilder(payload, config)
+    return await gw.route(
+        up, request, body, openai_error, model=model, api="openai", rebuild=rebuild
+    )
 
 
-def _model_of(body: bytes) -> str | None:
+def _rebuilder(payload: dict[str, Any], config: Config) -> Rebuild:
+    """The same request for a fallback model: focus applies to it, routing finds it."""
+
+    def build(alternative: str) -> tuple[Upstream, bytes] | None:
+        up = openai_route(config, alternative)
+        if up is None or not focus_allows(alternative, config.policy):
+            return None
+        return up, json.dumps({**payload, "model": alternative}).encode()
+
+    return build
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
     try:
         payload = json.loads(body) if body else None
     except ValueError:
         return None
-    model = payload.get("model") if isinstance(payload, dict) else None
+    return payload if isinstance(payload, dict) else None
+
+
+def _model_of(payload: dict[str, Any] | None) -> str | None:
+    model = payload.get("model") if payload is not None else None
     return model if isinstance(model, str) and model else None

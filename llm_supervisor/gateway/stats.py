@@ -1,14 +1,54 @@
-"""Gateway counters: plain dicts on the hot path, turned into Prometheus metrics on scrape."""
+"""Gateway counters: plain dicts on the hot path, turned into Prometheus metrics on scrape.
+
+Latency histograms are kept the same way (a list of bucket counts per label set, one
+``bisect`` per request), not with prometheus_client's Histogram: its per-child locks and
+label lookups cost more than the rest of the bookkeeping of a request together.
+"""
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+
+# Seconds, from a cached answer to a long generation (and an on-demand start behind it).
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+           300.0, 600.0)  # fmt: skip
+_LE = [*(repr(b) for b in BUCKETS), "+Inf"]  # "0.005", "1.0": as prometheus_client writes
+# The route label: a fixed set, whatever paths clients send.
+ROUTE_KINDS = {
+    "/api/chat": "chat", "/v1/chat/completions": "chat", "/api/generate": "generate",
+    "/v1/completions": "completion", "/api/embed": "embed", "/api/embeddings": "embed",
+    "/v1/embeddings": "embed",
+}  # fmt: skip
+OTHER_ROUTE = "other"
+
+
+class Histogram:
+    """Bucket counts (not cumulative; the last one is +Inf) and the sum of observations."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(BUCKETS, seconds)] += 1  # le: bound >= value
+        self.total += seconds
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        running, out = 0, []
+        for le, count in zip(_LE, self.counts, strict=True):
+            running += count
+            out.append((le, float(running)))
+        return out
 
 
 @dataclass
@@ -19,7 +59,19 @@ class GatewayStats:
     focus_refusals: Counter[str] = field(default_factory=Counter)  # model
     upstream_errors: Counter[str] = field(default_factory=Counter)  # service
     disconnects: Counter[str] = field(default_factory=Counter)  # service
+    fallbacks: Counter[tuple[str, str]] = field(default_factory=Counter)  # (model, fallback)
     bad_keep_alive: int = 0
+    latency: dict[tuple[str, str], Histogram] = field(default_factory=dict)  # (service, route)
+    first_byte: dict[tuple[str, str], Histogram] = field(default_factory=dict)  # streams only
+
+    def observe(self, service: str, path: str, seconds: float, first_byte: float | None) -> None:
+        """One forwarded request: its duration and, for a stream, its time to first byte."""
+        key = (service, ROUTE_KINDS.get(path, OTHER_ROUTE))
+        hist = self.latency.get(key) or self.latency.setdefault(key, Histogram())
+        hist.observe(seconds)
+        if first_byte is not None:
+            hist = self.first_byte.get(key) or self.first_byte.setdefault(key, Histogram())
+            hist.observe(first_byte)
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-friendly copy, for status output and tests."""
@@ -30,7 +82,12 @@ class GatewayStats:
             "focus_refusals": dict(self.focus_refusals),
             "upstream_errors": dict(self.upstream_errors),
             "disconnects": dict(self.disconnects),
+            "fallbacks": {f"{m} -> {f}": n for (m, f), n in self.fallbacks.items()},
             "bad_keep_alive": self.bad_keep_alive,
+            "latency_counts": {f"{s}/{r}": sum(h.counts) for (s, r), h in self.latency.items()},
+            "first_byte_counts": {
+                f"{s}/{r}": sum(h.counts) for (s, r), h in self.first_byte.items()
+            },
         }
 
     def collector(self) -> Collector:
@@ -42,7 +99,7 @@ class _StatsCollector(Collector):
     def __init__(self, stats: GatewayStats) -> None:
         self._stats = stats
 
-    def collect(self) -> Iterator[CounterMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         s = self._stats
         yield _family(
             "llm_supervisor_gateway_requests", "Requests routed", ["service", "api"], s.requests
@@ -77,6 +134,29 @@ class _StatsCollector(Collector):
             ["service"],
             {(k,): v for k, v in s.disconnects.items()},
         )
+        yield _histogram(
+            "llm_supervisor_gateway_request_seconds",
+            "Time from a request reaching the gateway until its answer was sent (incl. a start)",
+            s.latency,
+        )
+        yield _histogram(
+            "llm_supervisor_gateway_first_byte_seconds",
+            "Streamed answers: time from the request until the first body chunk was sent",
+            s.first_byte,
+        )
+        yield _family(
+            "llm_supervisor_gateway_fallbacks",
+            "Requests served by a fallback model (policy fallbacks)",
+            ["model", "fallback"],
+            s.fallbacks,
+        )
+
+
+def _histogram(name: str, doc: str, values: dict[tuple[str, str], Histogram]) -> Metric:
+    family = HistogramMetricFamily(name, doc, labels=["service", "route"])
+    for labels, hist in list(values.items()):  # a copy: requests may add keys meanwhile
+        family.add_metric(list(labels), hist.cumulative(), hist.total)
+    return family
 
 
 def _family(name: str, doc: str, labels: list[str], values: Any) -> CounterMetricFamily:

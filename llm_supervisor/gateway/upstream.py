@@ -15,6 +15,7 @@ httpx over the httpx-aiohttp transport only adds a layer on top of the same aioh
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -38,6 +39,8 @@ _DROP_RESPONSE = _DROP - {"content-length"}  # body bytes pass unchanged: length
 _BUFFER_LIMIT = 1 << 20  # answers with a known length below this are sent in one write
 
 ErrorBody = Callable[[int, str], dict[str, Any]]
+# perf_counter() when a streamed answer's first body chunk was written (gateway latency stats)
+FIRST_BYTE_AT = web.ResponseKey("llm_supervisor_first_byte_at", float)
 
 
 def ollama_error(status: int, message: str) -> dict[str, Any]:
@@ -108,6 +111,7 @@ class UpstreamClient:
         up: Upstream,
         request: web.BaseRequest,
         body: bytes | AsyncIterator[bytes] | None,
+        extra_headers: list[tuple[str, str]] | None = None,
     ) -> web.StreamResponse:
         """Proxy the exchange. A client hang-up cancels this task (handler_cancellation),
         and the cancellation closes the engine connection, so the engine stops the work."""
@@ -126,7 +130,7 @@ class UpstreamClient:
             message = f"engine {up.service} sent a broken answer: {exc}"
             raise UpstreamUnavailable(message) from exc
         try:
-            return await _relay(resp, request)
+            return await _relay(resp, request, extra_headers)
         except BaseException:
             resp.close()  # drop the connection: the engine sees the cancel and stops work
             raise
@@ -134,14 +138,25 @@ class UpstreamClient:
             resp.release()
 
 
-async def _relay(resp: aiohttp.ClientResponse, request: web.BaseRequest) -> web.StreamResponse:
+async def _relay(
+    resp: aiohttp.ClientResponse,
+    request: web.BaseRequest,
+    extra_headers: list[tuple[str, str]] | None = None,
+) -> web.StreamResponse:
+    extra = extra_headers or []
     if resp.content_length is not None and resp.content_length < _BUFFER_LIMIT:
-        headers = _response_headers(resp, _DROP)  # web.Response sets the length itself
+        headers = _response_headers(resp, _DROP) + extra  # web.Response sets the length
         return web.Response(status=resp.status, body=await resp.read(), headers=headers)
-    out = web.StreamResponse(status=resp.status, headers=_response_headers(resp, _DROP_RESPONSE))
+    headers = _response_headers(resp, _DROP_RESPONSE) + extra
+    out = web.StreamResponse(status=resp.status, headers=headers)
     await out.prepare(request)
+    chunks = resp.content.iter_any()
     try:
-        async for chunk in resp.content.iter_any():
+        async for chunk in chunks:  # the first chunk, timed once; the loop below has no extra work
+            await out.write(chunk)
+            out[FIRST_BYTE_AT] = time.perf_counter()
+            break
+        async for chunk in chunks:
             await out.write(chunk)  # written to the socket now: no buffering between chunks
     except aiohttp.ClientError as exc:  # the engine died or cut the answer mid-stream
         raise UpstreamBroke(out, str(exc) or type(exc).__name__) from exc

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from ..config.models import Policy, ServiceConfig
 from ..engines.base import Prober
 from ..process.registry import GroupRegistry
+from .starts import StartHistory
 
 if TYPE_CHECKING:
     from .service import Service
@@ -44,3 +45,5 @@ class ServiceDeps:
     rand: Callable[[], float] = random.random
     listeners: list[StateListener] = field(default_factory=list)
     ready_poll_interval: float = 0.1
+    # Last start durations (the ETA shown to waiting clients); None keeps them in memory.
+    start_history: StartHistory = field(default_factory=lambda: StartHistory(None))

@@ -17,6 +17,7 @@ from ..process.tree import find_marked_async, kill_refs
 from .deps import ServiceDeps, StateListener
 from .gate import StartGate
 from .service import Service
+from .starts import StartHistory
 
 log = get_logger(__name__)
 
@@ -31,6 +32,7 @@ class Manager:
         http: Prober | None = None,
         gate: StartGate | None = None,
         deps_overrides: dict[str, Any] | None = None,
+        start_history: StartHistory | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
@@ -38,6 +40,7 @@ class Manager:
         self.http = http or make_prober()  # one session: aiohttp keys its pool by host:port
         self.gate = gate or StartGate()
         self.listeners: list[StateListener] = []
+        self.start_history = start_history or StartHistory(None)
         self._deps_overrides = deps_overrides or {}
         self.services: dict[str, Service] = {}
         for svc in config.services.values():
@@ -53,6 +56,7 @@ class Manager:
             policy=lambda: self.config.policy,
             start_gate=self.gate.starting,
             listeners=self.listeners,
+            start_history=self.start_history,
         )
         for key, value in self._deps_overrides.items():
             setattr(deps, key, value)

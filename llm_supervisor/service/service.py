@@ -30,11 +30,13 @@ from ..process.registry import recorded_root, recorded_tree
 from .backoff import decide_restart
 from .deps import ServiceDeps
 from .progress import Progress, ProgressTracker
+from .starts import estimate_eta
 from .states import ALLOWED, InvalidTransition, State
 
 log = get_logger(__name__)
 JITTER = 0.2
 TREE_SNAPSHOT_INTERVAL = 5.0  # seconds between process-tree snapshots of a ready engine
+ADMISSION = "insufficient_free_memory"  # the cause placement gives a start the GPU refused
 
 
 @dataclass
@@ -66,6 +68,8 @@ class Service:
         self.health_failures = 0
         self.degraded: str | None = None
         self.starting_since: float | None = None
+        self.spawned_at: float | None = None  # clock time of this run's spawn
+        self.warmup: dict[str, Any] | None = None  # the last warm-up: seconds, ok
         self._progress: ProgressTracker | None = None
         self._child: ChildProcess | None = None
         self._runner: asyncio.Task[None] | None = None
@@ -117,9 +121,7 @@ class Service:
         async with self._lifecycle:
             if self._runner is None or self._runner.done():
                 self._launch()
-        state = await asyncio.wait_for(
-            self._wait_for(lambda s: s in (State.READY, State.FATAL, State.STOPPED)), timeout
-        )
+        state = await asyncio.wait_for(self._wait_for(self._start_settled), timeout)
         if state is not State.READY:
             failure = self.last_failure
             raise StartFailedError(
@@ -128,6 +130,14 @@ class Service:
                 cause=failure.cause if failure else "unknown",
                 hint=failure.hint if failure else "",
             )
+
+    def _start_settled(self, state: State) -> bool:
+        """Ready, given up, stopped, or backing off because the GPU cannot take it: a
+        waiting client learns who holds the memory now instead of after every retry."""
+        if state in (State.READY, State.FATAL, State.STOPPED):
+            return True
+        failure = self.last_failure
+        return state is State.BACKOFF and failure is not None and failure.cause == ADMISSION
 
     async def start(self, wait: bool = True, timeout: float | None = None) -> None:
         """Operator start: also clears fatal (the failure history starts over)."""
@@ -233,6 +243,7 @@ class Service:
         if self.state is not State.STARTING:
             self._set_state(State.STARTING, "restart")
         self._progress = ProgressTracker(self.config.spec.engine, self.deps.clock)
+        self.spawned_at = None  # set at spawn: waiting in the GPU gate is not loading
         try:
             if adopted is not None:
                 # No start gate: the engine holds its memory already, admission would count
@@ -245,6 +256,9 @@ class Service:
         except StartFailedError as exc:
             return Failure("spawn", exc.reason, cause=exc.cause, hint=exc.hint)
         if failure is None:
+            if adopted is None:  # an adopted engine was warmed up and timed by its starter
+                await self._warm_up()
+                self._record_start()
             self._become_ready(child, adopted is not None)
             failure = await self._watch(child)
             # Not serving any more: ensure_ready() must not answer "ready" during the cleanup
@@ -263,6 +277,7 @@ class Service:
             )  # fmt: skip
         env = {**clean_child_env(os.environ), **self._own_env()}
         self._run_started = self.deps.wall_clock()  # output after this belongs to this run
+        self.spawned_at = self.deps.clock()
         child = await ChildProcess.spawn(
             self.name, self.engine.argv(self.config), env,
             marker=self.deps.registry.marker(self.name), ring=self.ring,
@@ -431,6 +446,42 @@ class Service:
         self._adopted_ready_since = None
         self._record(child)
 
+    async def _warm_up(self) -> None:
+        """One short request before the gateway routes here, so the first client does not
+        pay for CUDA graph capture or the first-token compile. A failed warm-up is logged;
+        the engine answered its readiness probe, so it still counts as ready."""
+        spec = self.config.spec
+        timeout = spec.health.startup_timeout or self.engine.startup_timeout
+        started = self.deps.clock()
+        ok = await self.engine.warmup(self.deps.http, self.config, self.deps.policy(), timeout)
+        if ok is None:
+            return  # nothing to warm up for this service
+        seconds = round(self.deps.clock() - started, 3)
+        self.warmup = {"seconds": seconds, "ok": ok}
+        emit = log.info if ok else log.warning
+        emit("service.warmup", service=self.name, seconds=seconds, ok=ok)
+
+    def _record_start(self) -> None:
+        if self.spawned_at is not None:
+            self.deps.start_history.record(self.name, self.deps.clock() - self.spawned_at)
+
+    def eta(self) -> float | None:
+        """Seconds until ready while not ready (None when nothing can say); 0 when ready."""
+        if self.state is State.READY:
+            return 0.0
+        if self.state is State.FATAL:
+            return None
+        last = self.deps.start_history.last(self.name)
+        if self.state is not State.STARTING or self.spawned_at is None:
+            return last  # a start from scratch: the whole last duration
+        now = self.deps.clock()
+        current = self.progress
+        return estimate_eta(
+            now - self.spawned_at, last,
+            current.fraction if current else None,
+            now - current.since if current else None,
+        )  # fmt: skip
+
     def _on_output(self, line: LogLine) -> None:
         if self._progress is not None and self.state is State.STARTING:
             self._progress.feed(line.text)
@@ -519,6 +570,8 @@ class Service:
             "last_exit": last_exit,
             "last_request": self.last_request,
             "degraded": self.degraded,
+            "eta_s": self.eta() if self.state is not State.READY else None,
+            "warmup": self.warmup,
             "health": {"last_latency": self.health_latency, "failures": self.health_failures},
             "progress": self._progress_json(),
             "source": self.config.source,

@@ -49,9 +49,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--max-position-embeddings", type=int, default=4096)
     p.add_argument("--fail-with", default=None, help="print this line then exit 1 at start")
+    p.add_argument("--first-request-delay", type=float, default=0.0, help="first POST waits S")
     p.add_argument("--go-sigpipe", action="store_true", help="die of SIGPIPE, as Go does")
     p.add_argument("--heartbeat", type=float, default=None, help="print a line every S")
-    p.add_argument("--log-requests", action="store_true", help="print a line per request")
     args, _unknown = p.parse_known_args()
     return args
 
@@ -141,6 +141,8 @@ def heartbeat(every: float) -> None:
 
 
 def serve(args: argparse.Namespace, name: str, started: float) -> None:
+    first_request = threading.Lock()  # held forever by the first POST: later ones don't wait
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -177,8 +179,10 @@ def serve(args: argparse.Namespace, name: str, started: float) -> None:
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = json.loads(self.rfile.read(length) or b"{}")
-            if args.log_requests:
-                print(f"request {self.path} model={body.get('model')}", flush=True)
+            # One line per request, so tests can see what reached the engine (warm-ups).
+            print(f"request POST {self.path} {json.dumps(body, sort_keys=True)}", flush=True)
+            if first_request.acquire(blocking=False):
+                time.sleep(args.first_request_delay)
             if self.path.startswith("/v1/"):
                 text = "fake reply"
                 self._send(

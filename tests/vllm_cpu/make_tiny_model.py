@@ -103,6 +103,7 @@ def build_model(out: Path) -> None:
 def make(target: Path) -> Path:
     if is_ready(target):
         return target
+    print(f"make_tiny_model: writing a tiny random-weight Llama to {target}", file=sys.stderr)
     target.parent.mkdir(parents=True, exist_ok=True)
     # Build beside the target and rename, so a crash never leaves a half model that looks done.
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
