@@ -105,7 +105,10 @@ def test_kill_9_then_a_new_daemon_adopts_every_engine_without_a_restart(
     time.sleep(0.5)  # heartbeats keep coming while nobody reads
     assert all(psutil.pid_exists(pid) for pid in pids.values())
 
+    started = time.monotonic()
     with run_daemon(tmp_path, state_dir=state_dir, gateway_port=port, log_dir=logs) as second:
+        took = time.monotonic() - started
+        print(f"kill -9: new daemon started to every engine adopted and ready: {took:.2f}s")
         after = services_of(second)
         assert {name: s["pid"] for name, s in after.items()} == pids
         for name, svc in after.items():
