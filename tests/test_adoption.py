@@ -248,11 +248,12 @@ def _exec_to_ready(daemon: DaemonProcess) -> float:
 def test_upgrade_to_code_that_cannot_start_is_refused_and_changes_nothing(
     tmp_path: Path, state_dir: Path
 ) -> None:
-    services = {"m0": fake_vllm(free_port(), "model-0")}
+    services = {"m0": fake_vllm(free_port(), "model-0"), "off": fake_vllm(free_port(), "off")}
     write_atomic(tmp_path / "cpu.yaml", profile_text(services))
     site = tmp_path / "site"
     site.mkdir()
     with run_daemon(tmp_path, state_dir=state_dir, env={"PYTHONPATH": str(site)}) as daemon:
+        assert daemon.cli("stop", "off").returncode == 0  # the operator's choice: stays down
         pid = daemon.pids()["m0"]
         # A broken install: a module of the new code fails to import (None in sys.modules
         # makes every import of it fail, in the pre-check as in a new program).
@@ -266,10 +267,13 @@ def test_upgrade_to_code_that_cannot_start_is_refused_and_changes_nothing(
         wait_until(lambda: daemon.events("upgrade.refused"), 60, "SIGUSR2 refused")
         status = daemon.status()
         assert status["daemon"]["generation"] == 0
-        assert daemon.pids() == {"m0": pid}
+        assert daemon.pids() == {"m0": pid, "off": None}
         # Fixed install: SIGUSR2 upgrades.
         (site / "sitecustomize.py").unlink()
         daemon.signal(signal.SIGUSR2)
-        daemon.wait_status(lambda st: st["daemon"]["generation"] == 1, 60, "upgraded")
-        assert daemon.pids() == {"m0": pid}
+        daemon.wait_status(lambda st: st["daemon"]["ready"] and st["daemon"]["generation"] == 1,
+                           60, "upgraded")  # fmt: skip
+        daemon.wait_ready(["m0"])
+        assert daemon.pids() == {"m0": pid, "off": None}, "an upgrade starts nothing"
+        assert [e["service"] for e in daemon.events("service.spawned")] == ["m0", "off"]
         assert daemon.proc.poll() is None

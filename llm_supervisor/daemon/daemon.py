@@ -77,6 +77,7 @@ class Daemon:
         self.started_at = self.handover.started_at or time.time()
         self.orphans_killed = 0  # by the sweep at start (status and metrics)
         self.engines_adopted = 0  # running engines of a previous daemon taken over at start
+        self._held: list[str] = []  # boot services down on purpose, kept down by an upgrade
         self.started_monotonic = time.monotonic()
         self.gateway: Gateway | None = None
         self.reloader: Reloader | None = None
@@ -156,7 +157,7 @@ class Daemon:
         if self.upgrading_to is not None:
             log.info("daemon.exec", version=__version__, to=self.upgrading_to)
             self.listeners.hand_over(os.environ)
-            exec_self(os.environ, self.handover, self.started_at)
+            exec_self(os.environ, self.handover, self.started_at, self._held)
         self.listeners.close()
         log.info("daemon.stopped")
         return 0
@@ -244,7 +245,7 @@ class Daemon:
             ))  # fmt: skip
         self._spawn(group, "gpu", self.placement.run(self.options.gpu_interval))
         self._spawn(group, "status", self._status_loop())
-        await self.manager.start_boot_services()
+        await self.manager.start_boot_services(held=self.handover.held)
         self.notifier.ready(status=summary_line(self))
         self.ready = True
         if self.handover.generation:
@@ -332,6 +333,7 @@ class Daemon:
         # Stops accepting (the socket stays open: connections wait in its backlog) and lets
         # open requests finish.
         await self._cancel("gateway")
+        self._held = self.manager.held()
         await self.manager.detach_all()
         for name in ("gpu", "status", "watchdog", "control"):
             await self._cancel(name)

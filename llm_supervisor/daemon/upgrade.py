@@ -49,20 +49,25 @@ class Handover:
     previous_version: str | None = None
     generation: int = 0  # how many upgrades this PID has been through
     started_at: float | None = None  # when the first program of this PID started
+    held: tuple[str, ...] = ()  # boot services down on purpose: not to be started
 
     @classmethod
     def take(cls, environ: MutableMapping[str, str]) -> Handover:
         raw = environ.pop(UPGRADE_ENV, "")
         try:
             data = json.loads(raw) if raw else {}
-            return cls(data.get("from"), int(data.get("generation", 0)), data.get("started_at"))
+            return cls(
+                data.get("from"), int(data.get("generation", 0)), data.get("started_at"),
+                tuple(str(name) for name in data.get("held", ())),
+            )  # fmt: skip
         except (ValueError, TypeError, AttributeError):
             return cls()
 
-    def next(self, started_at: float) -> str:
-        return json.dumps(
-            {"from": __version__, "generation": self.generation + 1, "started_at": started_at}
-        )
+    def next(self, started_at: float, held: list[str]) -> str:
+        return json.dumps({
+            "from": __version__, "generation": self.generation + 1, "started_at": started_at,
+            "held": held,
+        })  # fmt: skip
 
 
 async def precheck(config_dir: Path, timeout: float = PRECHECK_TIMEOUT) -> str:
@@ -88,9 +93,11 @@ async def precheck(config_dir: Path, timeout: float = PRECHECK_TIMEOUT) -> str:
     return version
 
 
-def exec_self(environ: MutableMapping[str, str], handover: Handover, started_at: float) -> NoReturn:
+def exec_self(
+    environ: MutableMapping[str, str], handover: Handover, started_at: float, held: list[str]
+) -> NoReturn:
     """Replace this program with the installed one: same PID, same argv."""
-    environ[UPGRADE_ENV] = handover.next(started_at)
+    environ[UPGRADE_ENV] = handover.next(started_at, held)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, sys.orig_argv, dict(environ))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from pathlib import Path
 from typing import Any
 
@@ -75,11 +75,21 @@ class Manager:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    async def start_boot_services(self) -> None:
-        """Launch every boot service without waiting; the gate serializes each GPU."""
+    async def start_boot_services(self, held: Collection[str] = ()) -> None:
+        """Launch every boot service without waiting; the gate serializes each GPU.
+
+        ``held``: boot services the previous program of an upgrade had stopped (operator stop,
+        fatal); an upgrade must not start them behind the operator's back."""
         for service in self.services.values():
-            if service.config.spec.start == "boot":
+            if service.config.spec.start == "boot" and service.name not in held:
                 await service.start(wait=False)
+
+    def held(self) -> list[str]:
+        """Boot services that are down on purpose (stopped or fatal), for an upgrade."""
+        return sorted(
+            name for name, s in self.services.items()
+            if s.config.spec.start == "boot" and str(s.state) in ("stopped", "fatal")
+        )  # fmt: skip
 
     async def shutdown(self, deadline: float) -> None:
         """Stop every service concurrently; whatever outlives the deadline is killed."""
