@@ -27,6 +27,7 @@ import pytest
 
 from llm_supervisor import __version__
 from llm_supervisor.process.tree import find_marked, kill_refs
+from tests.conftest import fake_service
 from tests.daemon_harness import (
     FAKE_ENGINE,
     DaemonProcess,
@@ -277,3 +278,22 @@ def test_upgrade_to_code_that_cannot_start_is_refused_and_changes_nothing(
         assert daemon.pids() == {"m0": pid, "off": None}, "an upgrade starts nothing"
         assert [e["service"] for e in daemon.events("service.spawned")] == ["m0", "off"]
         assert daemon.proc.poll() is None
+
+
+# -- what makes an engine adoptable ------------------------------------------------------
+
+
+async def test_fingerprint_follows_the_spec_not_the_daemons_own_environment(
+    manager_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = free_port()
+    fingerprint = manager_factory(fake_service("a", port=port)).services["a"].fingerprint()
+    # systemd gives every invocation a new INVOCATION_ID: that is no change of the engine.
+    monkeypatch.setenv("INVOCATION_ID", "another-start")
+    assert manager_factory(fake_service("a", port=port)).services["a"].fingerprint() == fingerprint
+    for changed in (
+        fake_service("a", port=port, args={"max-model-len": 2048}),
+        fake_service("a", port=port, env={"HF_HOME": "/srv/hf"}),
+        fake_service("a", port=free_port()),
+    ):
+        assert manager_factory(changed).services["a"].fingerprint() != fingerprint

@@ -18,6 +18,8 @@ import httpx
 import psutil
 import pytest
 
+from llm_supervisor.process.tree import ProcRef
+
 from ..daemon_harness import free_port, run_daemon, wait_until
 from .support import cpu_vllm_service, write_cpu_vllm_config
 from .test_real_vllm import HEALTH, START, complete, in_sessions, report
@@ -50,8 +52,9 @@ def test_kill_9_of_the_daemon_then_the_same_vllm_answers_through_a_new_daemon(
     with run_daemon(config_dir, wait_ready=False, **run) as first:  # type: ignore[arg-type]
         first.wait_status(lambda s: s["services"]["tiny"]["state"] == "ready", START, "ready")
         api = first.services()["tiny"]["pid"]
+        api_ref = ProcRef.of(psutil.Process(api))
         (state_dir / f"session-{api}").write_text(str(api))  # for the teardown's net
-        tree = {p.pid for p in psutil.Process(api).children(recursive=True)}
+        tree = {ProcRef.of(p) for p in psutil.Process(api).children(recursive=True)}
         complete(first.gateway_url)
         first.proc.kill()
         first.proc.wait()
@@ -70,13 +73,13 @@ def test_kill_9_of_the_daemon_then_the_same_vllm_answers_through_a_new_daemon(
         assert answered - up < 2.0
         svc = second.services()["tiny"]
         assert svc["pid"] == api and svc["state"] == "ready" and svc["restarts"] == 0, svc
-        assert {p.pid for p in psutil.Process(api).children(recursive=True)} == tree
+        assert {ProcRef.of(p) for p in psutil.Process(api).children(recursive=True)} == tree
         assert not second.events("service.spawned")
         # Shutdown stops the adopted engine and its whole tree (a 2 GB model is no leak).
         second.signal(15)
         second.proc.wait(120)
-    assert not psutil.pid_exists(api) or psutil.Process(api).status() == psutil.STATUS_ZOMBIE
-    left = [pid for pid in tree if psutil.pid_exists(pid)]
+    # Gone or a zombie (not our child any more: init reaps it when it gets to it).
+    left = [f"{r.pid}:{p.name()}" for r in tree | {api_ref} if (p := r.alive()) is not None]
     assert not left, left
 
 
