@@ -66,6 +66,9 @@ class LogFollower:
         self._pending = b""
         self._task: asyncio.Task[None] | None = None
         self._skip_partial_line = False
+        # While an engine loads, every line may be a new phase that `start --wait` shows:
+        # poll at the fastest pace then, not only while output flows.
+        self.eager = True
         self._full_reported = False
         self._error_reported = False
 
@@ -122,7 +125,7 @@ class LogFollower:
             quiet = 0 if got else quiet + 1
             if quiet and quiet % DISK_CHECK_EVERY == 0:
                 self._check_disk()
-            delay = POLL_MIN if got else min(delay * 2, POLL_MAX)
+            delay = POLL_MIN if got or self.eager else min(delay * 2, POLL_MAX)
             await asyncio.sleep(delay)
 
     def _read(self) -> int:

@@ -438,6 +438,8 @@ class Service:
 
     def _become_ready(self, child: ChildProcess, adopted: bool) -> None:
         self._set_state(State.READY, "adopted" if adopted else "ready")
+        if child.follower is not None:
+            child.follower.eager = False  # loaded: no more phases to show at once
         was = self._adopted_ready_since
         if adopted and isinstance(was, (int, float)):
             # Keep the original uptime: it was ready all along, under the previous daemon.
