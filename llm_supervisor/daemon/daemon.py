@@ -185,8 +185,9 @@ class Daemon:
             log.warning("daemon.orphans_killed", pids=killed)
         adopted = [n for n in keep if await self.manager.services[n].adopt(records[n])]
         self.engines_adopted = len(adopted)
-        for name in set(keep) - set(adopted):  # died meanwhile: its leftovers go now
-            self.registry.forget(name)
+        if len(adopted) < len(keep):  # died meanwhile: its leftovers (EngineCore…) go now
+            killed += await self.registry.kill_orphans(keep=adopted)
+            self.orphans_killed = len(killed)
         if records:
             log.info("daemon.adopted", services=sorted(adopted), killed=len(killed))
 
