@@ -12,14 +12,13 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .commands.defaults import EX_CONFIG, EX_NOT_READY, EX_OK, EX_SOFTWARE, EX_UNAVAILABLE
 from .errors import ConfigError, DaemonUnreachableError, SupervisorError
-from .logsetup import configure_logging
 
-EX_OK = 0
-EX_NOT_READY = 3
-EX_UNAVAILABLE = 69
-EX_SOFTWARE = 70
-EX_CONFIG = 78
+# What `llm-supervisor --help` says the program is for (this module's docstring is for
+# maintainers).
+DESCRIPTION = "Supervise vLLM and Ollama model servers on a GPU host."
+__all__ = ["EX_CONFIG", "EX_NOT_READY", "EX_OK", "EX_SOFTWARE", "EX_UNAVAILABLE", "main"]
 
 # subcommand -> module in llm_supervisor.commands with `add_arguments(parser)` and `run(args)`.
 COMMANDS = {
@@ -39,14 +38,8 @@ COMMANDS = {
 }
 
 
-def default_config_dir() -> str:
-    """$CONFIGURATION_DIRECTORY (systemd) else /etc/llm-supervisor."""
-    configured = os.environ.get("CONFIGURATION_DIRECTORY", "")
-    return configured.split(":")[0] if configured else "/etc/llm-supervisor"
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llm-supervisor", description=__doc__)
+    parser = argparse.ArgumentParser(prog="llm-supervisor", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"llm-supervisor {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in COMMANDS.items():
@@ -59,9 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command != "run":
-        # Client commands print their own results; library events only when they are errors.
-        configure_logging("auto", "error")
     try:
         code: int = args.handler(args)
     except ConfigError as exc:

@@ -13,6 +13,7 @@ import structlog
 from llm_supervisor.config.models import Config, ServiceConfig, ServiceSpec
 from llm_supervisor.process.registry import GroupRegistry
 from llm_supervisor.process.tree import find_marked, kill_refs
+from llm_supervisor.service.deps import GpuHooks
 from llm_supervisor.service.manager import Manager
 
 from .daemon_harness import free_port  # one source of ports: never the same one twice
@@ -68,12 +69,12 @@ def state_dir(tmp_path: Path) -> Iterator[Path]:
 async def manager_factory(state_dir: Path, tmp_path: Path) -> AsyncIterator[Any]:
     made: list[Manager] = []
 
-    def make(*services: ServiceConfig, **overrides: Any) -> Manager:
+    def make(*services: ServiceConfig, gpu_hooks: GpuHooks | None = None) -> Manager:
         manager = Manager(
             make_config(*services),
             registry=GroupRegistry(state_dir),
             log_dir=tmp_path / "logs",
-            deps_overrides=overrides,
+            gpu_hooks=gpu_hooks,
         )
         made.append(manager)
         return manager

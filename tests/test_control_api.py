@@ -6,6 +6,7 @@ import asyncio
 import grp
 import json
 import os
+import selectors
 import socket
 import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,9 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from llm_supervisor.control import server as server_module
 from llm_supervisor.control.address import default_control_address, parse_address
-from llm_supervisor.control.api import create_app, error_body
+from llm_supervisor.control.api import error_body
 from llm_supervisor.control.server import ControlServer, serve_control
 from llm_supervisor.errors import (
     AdmissionError,
@@ -25,7 +25,7 @@ from llm_supervisor.errors import (
     PortInUseError,
 )
 
-from .fakes.fake_control_backend import FakeControlBackend
+from .fakes.fake_control_backend import FakeControlBackend, served
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -36,9 +36,8 @@ def backend() -> FakeControlBackend:
 
 
 @pytest.fixture
-async def client(backend: FakeControlBackend) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(backend))
-    async with httpx.AsyncClient(transport=transport, base_url="http://control") as c:
+async def client(backend: FakeControlBackend, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    async with served(backend, tmp_path / "control.sock") as c:
         yield c
 
 
@@ -141,6 +140,17 @@ async def test_logs_bad_query_is_400(client: httpx.AsyncClient, query: str) -> N
     assert response.json()["error"]["type"] == "bad_request"
 
 
+async def test_unknown_paths_and_methods_answer_in_the_error_shape(
+    client: httpx.AsyncClient,
+) -> None:
+    missing = await client.get("/v1/nope")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["type"] == "not_found"
+    wrong = await client.get("/v1/services/tiny/stop")
+    assert wrong.status_code == 405
+    assert wrong.json()["error"]["type"] == "method_not_allowed"
+
+
 async def test_metrics_endpoint(client: httpx.AsyncClient) -> None:
     response = await client.get("/metrics")
     assert response.status_code == 200
@@ -151,9 +161,10 @@ async def test_metrics_endpoint(client: httpx.AsyncClient) -> None:
 # ---- auth
 
 
-async def test_bearer_token_required_when_configured(backend: FakeControlBackend) -> None:
-    transport = httpx.ASGITransport(app=create_app(backend, token="s3cret"))
-    async with httpx.AsyncClient(transport=transport, base_url="http://control") as c:
+async def test_bearer_token_required_when_configured(
+    backend: FakeControlBackend, tmp_path: Path
+) -> None:
+    async with served(backend, tmp_path / "control.sock", token="s3cret") as c:
         for path in ["/v1/status", "/metrics"]:
             missing = await c.get(path)
             assert missing.status_code == 401
@@ -209,6 +220,35 @@ async def test_follow_streams_new_lines_and_ends_on_disconnect(
     await until(lambda: backend.follower_count("qwen3-8b") == 0)
 
 
+class SlowStart(FakeControlBackend):
+    """``start --wait`` that takes as long as the test says."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered, self.go, self.finished = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def start(self, name: str, wait: bool) -> None:
+        self.entered.set()
+        await self.go.wait()
+        await super().start(name, wait)
+        self.finished.set()
+
+
+async def test_client_hanging_up_does_not_cancel_the_start_it_asked_for(tmp_path: Path) -> None:
+    backend = SlowStart()
+    sock = tmp_path / "control.sock"
+    async with served(backend, sock) as c:
+        request = asyncio.create_task(c.post("/v1/services/tiny/start", params={"wait": "1"}))
+        await asyncio.wait_for(backend.entered.wait(), 5)
+        request.cancel()  # Ctrl-C on `start tiny --wait`: the connection closes
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        await asyncio.sleep(0.1)  # let the server see the hang-up and cancel its handler
+        backend.go.set()
+        await asyncio.wait_for(backend.finished.wait(), 5)
+        assert (await c.get("/v1/status")).json()["services"]["tiny"]["state"] == "ready"
+
+
 async def test_follow_ends_cleanly_on_server_shutdown(
     backend: FakeControlBackend, tmp_path: Path
 ) -> None:
@@ -252,11 +292,12 @@ async def test_unix_socket_refuses_regular_file_and_unknown_group(
         await ControlServer(backend, f"unix:{other}", socket_group="no-such-group-x").start()
 
 
-async def test_tcp_needs_token_off_loopback(
+async def test_tcp_needs_a_token_even_on_loopback(
     serve: Started, backend: FakeControlBackend, tmp_path: Path
 ) -> None:
-    with pytest.raises(ControlAddressError, match="non-loopback"):
-        ControlServer(backend, "0.0.0.0:9999")
+    for address in ("0.0.0.0:9999", "127.0.0.1:9999", "[::1]:9999", "localhost:9999"):
+        with pytest.raises(ControlAddressError, match="needs a bearer token: pass --token-file"):
+            ControlServer(backend, address)
     token = tmp_path / "token"
     token.write_text("s3cret\n")
     ControlServer(backend, "0.0.0.0:9999", token_file=token)  # allowed (not bound here)
@@ -283,27 +324,43 @@ async def test_serve_control_runs_until_cancelled(
     assert not sock.exists()
 
 
-async def test_idle_server_does_not_tick_and_still_stops_at_once(
-    serve: Started, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+class CountingSelector(selectors.DefaultSelector):
+    """Counts the event loop's waits: each is one wakeup of the process."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits = 0
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        self.waits += 1
+        return super().select(timeout)
+
+
+def test_idle_server_does_not_tick_and_still_stops_at_once(
+    backend: FakeControlBackend, tmp_path: Path
 ) -> None:
-    """uvicorn's own main loop wakes every 0.1 s; ours sleeps until it should exit."""
-    ticks: list[int] = []
-    on_tick = server_module._QuietServer.on_tick
-
-    async def counted(self: server_module._QuietServer, counter: int) -> bool:
-        ticks.append(counter)
-        return await on_tick(self, counter)
-
-    monkeypatch.setattr(server_module._QuietServer, "on_tick", counted)
+    """An idle control API wakes the loop for nothing (uvicorn's main loop woke it every
+    0.1 s), with a client connected, and still stops at once."""
+    selector = CountingSelector()
     sock = tmp_path / "control.sock"
-    server = await serve(f"unix:{sock}")
-    async with uds_client(sock) as c:
-        assert (await c.get("/v1/status")).status_code == 200
-        await asyncio.sleep(0.35)  # three ticks of uvicorn's loop
-        response = await c.get("/v1/status")
-        assert "date" not in response.headers  # no tick refreshes it, so none is sent
-    assert ticks == [0]
-    await asyncio.wait_for(server.shutdown(), 2.0)
+
+    async def idle_wakeups() -> int:
+        server = ControlServer(backend, f"unix:{sock}")
+        await server.start()
+        async with uds_client(sock) as c:  # a keep-alive connection stays open meanwhile
+            assert (await c.get("/v1/status")).status_code == 200
+            before = selector.waits
+            await asyncio.sleep(0.35)  # one wait for this timer, one to resume us
+            woke = selector.waits - before
+            assert (await c.get("/v1/status")).status_code == 200
+        await asyncio.wait_for(server.shutdown(), 2.0)
+        return woke
+
+    loop = asyncio.SelectorEventLoop(selector)
+    try:
+        assert loop.run_until_complete(idle_wakeups()) <= 3
+    finally:
+        loop.close()
     assert not sock.exists()
 
 

@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from llm_supervisor.process.tree import MARKER_ENV, ProcRef, find_marked, kill_refs
+from llm_supervisor.service.deps import GpuHooks
 from llm_supervisor.service.states import State
 
 from .conftest import FAKE_ENGINE, fake_service, free_port
@@ -398,7 +399,7 @@ async def test_stop_while_crashed_engine_is_being_released(manager_factory: Any)
             released.set()
             await asyncio.sleep(30)  # NVML says the memory is still held
 
-    manager = manager_factory(fake_service("a"), wait_released=slow_release)
+    manager = manager_factory(fake_service("a"), gpu_hooks=GpuHooks(wait_released=slow_release))
     service = manager.get("a")
     await service.start()
     assert service.pid is not None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,16 +31,10 @@ SMALL = "llama3.2:3b"
 RULES = [{"match": "gpt-oss:*", "keep_alive": "forever"}, {"match": "llama*", "keep_alive": "10m"}]
 
 
-class _QuietServer(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
 @contextlib.asynccontextmanager
 async def serving(app: Any) -> AsyncIterator[int]:
     config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", log_config=None)
-    server = _QuietServer(config)
+    server = uvicorn.Server(config)  # its signal handlers are restored when it stops
     task = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.005)

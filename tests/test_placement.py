@@ -15,6 +15,7 @@ from llm_supervisor.gpu.fake import FakeDevice, FakeNvmlBackend
 from llm_supervisor.gpu.nvml import GpuMonitor
 from llm_supervisor.gpu.placement import Placement
 from llm_supervisor.process.registry import GroupRegistry
+from llm_supervisor.service.deps import GpuHooks
 from llm_supervisor.service.gate import StartGate
 from llm_supervisor.service.manager import Manager
 from llm_supervisor.service.states import State
@@ -68,8 +69,7 @@ async def placed(
         manager = Manager(
             config, registry=GroupRegistry(state_dir), log_dir=tmp_path / "logs",
             gate=StartGate(admit=placement.admit),
-            deps_overrides={"cuda_devices": placement.cuda_devices,
-                            "wait_released": placement.wait_released},
+            gpu_hooks=GpuHooks(placement.cuda_devices, placement.wait_released),
         )  # fmt: skip
         gpu.manager = placement.manager = manager
         made.append(manager)

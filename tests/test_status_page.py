@@ -26,7 +26,6 @@ import httpx
 import pytest
 import yaml
 
-from llm_supervisor.control.api import create_app
 from llm_supervisor.control.page import render_page
 from llm_supervisor.control.server import ControlServer
 from llm_supervisor.events import EVENTS, EventRing
@@ -42,7 +41,7 @@ from .daemon_harness import (
     run_daemon,
     wait_until,
 )
-from .fakes.fake_control_backend import FakeControlBackend
+from .fakes.fake_control_backend import FakeControlBackend, served
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -384,14 +383,9 @@ def test_logging_feeds_the_ring_and_passes_events_on() -> None:
     assert last["level"] == "info" and json.loads(out.getvalue())["model"] == "m"
 
 
-def asgi(token: str | None = None, host: str = "control") -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=create_app(FakeControlBackend(), token=token))
-    return httpx.AsyncClient(transport=transport, base_url=f"http://{host}")
-
-
-async def test_page_and_events_endpoint() -> None:
+async def test_page_and_events_endpoint(tmp_path: Path) -> None:
     EVENTS.record({"event": "gpu.pressure", "gpu": 0, "level": "warning"})
-    async with asgi() as c:
+    async with served(FakeControlBackend(), tmp_path / "c.sock") as c:
         page = await c.get("/")
         assert page.status_code == 200 and "text/html" in page.headers["content-type"]
         assert 'window.LLM_SUPERVISOR = {"controls": true' in page.text
@@ -408,8 +402,9 @@ def test_read_only_page_has_no_controls() -> None:
     assert '{"controls": false' in render_page(controls=False)
 
 
-async def test_token_link_sets_a_cookie_that_then_authorizes() -> None:
-    async with asgi(token="s3cret", host="127.0.0.1:9") as c:
+async def test_token_link_sets_a_cookie_that_then_authorizes(tmp_path: Path) -> None:
+    sock = tmp_path / "c.sock"
+    async with served(FakeControlBackend(), sock, token="s3cret", host="127.0.0.1:9") as c:
         assert (await c.get("/")).status_code == 401
         assert (await c.get("/", params={"token": "wrong"})).status_code == 401
         login = await c.get("/", params={"token": "s3cret"})
@@ -420,10 +415,11 @@ async def test_token_link_sets_a_cookie_that_then_authorizes() -> None:
         assert (await c.get("/v1/status")).status_code == 200
 
 
-async def test_guard_refuses_cross_site_requests_and_foreign_host_names() -> None:
-    async with asgi() as c:
-        evil = {"Origin": "http://evil.example"}
-        assert (await c.post("/v1/services/qwen3-8b/stop", headers=evil)).status_code == 403
+async def test_guard_refuses_cross_site_requests_and_foreign_host_names(tmp_path: Path) -> None:
+    async with served(FakeControlBackend(), tmp_path / "c.sock") as c:
+        for origin in ("http://evil.example", "null", "http://control.evil.example"):
+            evil = {"Origin": origin}
+            assert (await c.post("/v1/services/qwen3-8b/stop", headers=evil)).status_code == 403
         same = {"Origin": "http://control"}
         assert (await c.get("/v1/status", headers=same)).status_code == 200
         rebound = {"Host": "evil.example:8765"}

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 
-from ..config.load import load_config
+from .defaults import default_config_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..cli import default_config_dir
-
     parser.add_argument("--config-dir", type=Path, default=Path(default_config_dir()))
     parser.add_argument(
         "--no-gpus", dest="gpus", action="store_false",
@@ -22,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def gpu_totals() -> tuple[dict[int | str, int] | None, str | None]:
     """Memory of each GPU when NVML answers, so budgets and GPU references can be checked."""
+    import asyncio
+
     from ..gpu.fake import make_backend
     from ..gpu.nvml import GpuMonitor
 
@@ -37,6 +36,10 @@ def gpu_totals() -> tuple[dict[int | str, int] | None, str | None]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..config.load import load_config
+    from ..logsetup import configure_logging
+
+    configure_logging("auto", "error")
     totals, unavailable = gpu_totals() if args.gpus else (None, "not asked (--no-gpus)")
     if unavailable:
         print(f"note: {unavailable}; GPU existence and memory budgets not checked", file=sys.stderr)

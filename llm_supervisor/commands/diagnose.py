@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from ..diagnosis import TAIL_BYTES, Diagnosis, diagnose
+if TYPE_CHECKING:
+    from ..diagnosis import Diagnosis
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,15 +30,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tail-bytes",
         type=int,
-        default=TAIL_BYTES,
+        default=None,
         metavar="N",
-        help=f"classify only the last N bytes, as the daemon does (default {TAIL_BYTES}; 0: all)",
+        help="classify only the last N bytes (default: as much as the daemon reads; 0: all)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..diagnosis import TAIL_BYTES, diagnose
+
+    limit = TAIL_BYTES if args.tail_bytes is None else args.tail_bytes
     with args.file as stream:
-        text = _read_tail(stream, args.tail_bytes)
+        text = _read_tail(stream, limit)
     result = diagnose(text, args.engine)
     if args.json:
         print(json.dumps(result.to_json(), indent=2, ensure_ascii=False))

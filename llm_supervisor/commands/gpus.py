@@ -10,17 +10,14 @@ without GPUs is a fact to report, not an error.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..control.client import add_control_arguments, client_from_args
+from ..control.address import add_control_arguments
 from ..errors import DaemonUnreachableError
-from ..gpu.attribution import process_names, snapshot_dict
-from ..gpu.fake import make_backend
-from ..gpu.nvml import GpuMonitor, GpuSnapshot
-from ..gpu.snapshot import GIB, MIB, UNAVAILABLE_PREFIX
-from ..logsetup import configure_logging
+
+if TYPE_CHECKING:
+    from ..gpu.nvml import GpuSnapshot
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from ..gpu.attribution import process_names, snapshot_dict
+    from ..logsetup import configure_logging
+
     configure_logging(level="error")  # the reason is printed below; keep stdout clean
     data = None if args.local else _from_daemon(args)
     if data is None:
@@ -44,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _from_daemon(args: argparse.Namespace) -> dict[str, Any] | None:
+    from ..control.client import client_from_args
+
     try:
         with client_from_args(args) as client:
             return client.gpus()
@@ -52,6 +56,9 @@ def _from_daemon(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 async def _local_snapshot(nvml_timeout: float) -> GpuSnapshot:
+    from ..gpu.fake import make_backend
+    from ..gpu.nvml import GpuMonitor
+
     monitor = GpuMonitor(make_backend(), timeout=nvml_timeout)
     try:
         return await monitor.snapshot()
@@ -60,15 +67,21 @@ async def _local_snapshot(nvml_timeout: float) -> GpuSnapshot:
 
 
 def _gib(n: int) -> str:
+    from ..gpu.snapshot import GIB
+
     return f"{n / GIB:.1f} GiB"
 
 
 def _mib(n: int | None) -> str:
+    from ..gpu.snapshot import MIB
+
     return "?" if n is None else f"{n // MIB} MiB"
 
 
 def render_gpus(data: dict[str, Any]) -> str:
     """Text for operators from a ``snapshot_dict`` (local or from the daemon)."""
+    from ..gpu.snapshot import UNAVAILABLE_PREFIX
+
     if not data.get("available"):
         return f"{UNAVAILABLE_PREFIX}: {data.get('reason') or 'unknown reason'}"
     gpus = data.get("gpus") or []

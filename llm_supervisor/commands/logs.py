@@ -10,10 +10,9 @@ import argparse
 import os
 import sys
 
-from ..control.backend import LogLine
-from ..control.client import add_control_arguments, client_from_args
-from ..control.render import render_log_line
+from ..control.address import add_control_arguments
 from ..durations import parse_duration
+from ..process.logline import LogLine
 
 
 def _lines(value: str) -> int | str:
@@ -43,11 +42,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _emit(line: LogLine, timestamps: bool) -> None:
+    from ..control.render import render_log_line
+
     stream = sys.stderr if line.stream in ("stderr", "err") else sys.stdout
     print(render_log_line(line, timestamps), file=stream, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..control.client import client_from_args
+
     try:
         with client_from_args(args) as client:
             if args.follow:

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..control.client import add_control_arguments, client_from_args, config_error
-from ..control.render import render_reload_result
+from ..control.address import add_control_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,6 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..control.client import client_from_args, config_error
+    from ..control.render import render_reload_result
+
     with client_from_args(args) as client:
         result = client.reload(wait=args.wait, dry_run=args.dry_run)
     if result.get("result") == "rejected":

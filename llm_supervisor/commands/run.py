@@ -7,10 +7,8 @@ import gc
 import os
 from pathlib import Path
 
-import uvloop
-
-from ..control.address import default_control_address
-from ..logsetup import configure_logging
+from ..control.address import default_control_address, server_token
+from .defaults import default_config_dir
 
 
 def _from_env(var: str, root_default: str, user_default: str) -> Path:
@@ -40,8 +38,6 @@ def parse_hostport(value: str) -> tuple[str, int] | None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..cli import default_config_dir
-
     parser.add_argument("--config-dir", type=Path, default=Path(default_config_dir()))
     parser.add_argument("--state-dir", type=Path, default=None, help="orphan registry")
     parser.add_argument("--log-dir", type=Path, default=None, help="<service>.log files")
@@ -78,14 +74,19 @@ def tune_gc() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..daemon.daemon import Daemon, DaemonOptions
+    import uvloop
 
+    from ..daemon.daemon import Daemon, DaemonOptions
+    from ..logsetup import configure_logging
+
+    control = default_control_address(args.control)
+    server_token(control, args.token_file)  # TCP without a token: refused before anything runs
     configure_logging(args.log_format, args.log_level)
     options = DaemonOptions(
         config_dir=args.config_dir,
         state_dir=args.state_dir or default_state_dir(),
         log_dir=args.log_dir or default_log_dir(),
-        control=default_control_address(args.control),
+        control=control,
         gateway=args.gateway,
         token_file=args.token_file,
         socket_group=args.socket_group,

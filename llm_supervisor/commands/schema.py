@@ -9,16 +9,24 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
-from ..config.models import Policy, ProfileFile
-
-SCHEMAS: dict[str, tuple[type[BaseModel], str]] = {
-    "profile": (ProfileFile, "llm-supervisor profile (one GPU or GPU set: gpu0.yaml ...)"),
-    "policy": (Policy, "llm-supervisor policy.yaml (keep_alive rules, pins, focus, pressure)"),
+# which -> title; the models are imported only when a schema is asked for (pydantic is slow
+# to import, and every command's arguments are parsed with this module loaded)
+SCHEMAS: dict[str, str] = {
+    "profile": "llm-supervisor profile (one GPU or GPU set: gpu0.yaml ...)",
+    "policy": "llm-supervisor policy.yaml (keep_alive rules, pins, focus, pressure)",
 }
+
+
+def _model(which: str) -> type[BaseModel]:
+    from ..config.models import Policy, ProfileFile
+
+    models: dict[str, type[BaseModel]] = {"profile": ProfileFile, "policy": Policy}
+    return models[which]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def schema_json(which: str) -> str:
     """The schema as committed: stable key order, trailing newline."""
-    model, title = SCHEMAS[which]
+    model, title = _model(which), SCHEMAS[which]
     schema: dict[str, Any] = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         **model.model_json_schema(),

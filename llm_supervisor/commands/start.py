@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from ..control.client import ControlClient, add_control_arguments, client_from_args
+from ..control.address import add_control_arguments
 from ..errors import ServiceError, StartFailedError
-from .startwait import wait_action
+
+if TYPE_CHECKING:
+    from ..control.client import ControlClient
 
 
 def add_service_arguments(parser: argparse.ArgumentParser, wait_help: str) -> None:
@@ -27,6 +30,8 @@ def describe(exc: ServiceError) -> str:
 
 def run_action(args: argparse.Namespace, action: str) -> int:
     """Apply ``action`` to every name, keep going past failures, then raise them together."""
+    from ..control.client import client_from_args
+
     failures: list[ServiceError] = []
     with client_from_args(args) as client:
         for name in args.names:
@@ -51,6 +56,9 @@ def _one(client: ControlClient, action: str, name: str, wait: bool) -> None:
 
 def _waited(args: argparse.Namespace, action: str, name: str) -> None:
     """Show the load phases while waiting (startwait.py)."""
+    from ..control.client import client_from_args
+    from .startwait import wait_action
+
     result = wait_action(lambda: client_from_args(args), action, name)
     print(f"{name}: {action} requested; state {result.get('state') or 'unknown'}")
 

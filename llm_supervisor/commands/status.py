@@ -7,12 +7,9 @@ Exit 0 when every (selected) service is ready or resting on demand, 3 when some 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-import time
 
-from ..control.client import add_control_arguments, client_from_args
-from ..control.render import is_ok, render_status, select_services, use_color
+from ..control.address import add_control_arguments
+from .defaults import EX_NOT_READY
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +19,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import EX_NOT_READY
+    import json
+    import sys
+    import time
+
+    from ..control.client import client_from_args
+    from ..control.render import is_ok, render_status, select_services, use_color
 
     with client_from_args(args) as client:
         status = client.status()

@@ -4,32 +4,32 @@ Browsers cannot open a Unix socket, so this serves 127.0.0.1:PORT and forwards e
 to the control API (socket or TCP, found like every other command). Other local users could
 reach that port too, which the socket's mode 0660 would not allow them; so the proxy makes a
 one-time token and prints ``http://127.0.0.1:PORT/?token=…``: opening it sets a cookie
-(``control/page.py``'s ``BrowserGuard``), and every request without it is refused.
+(``control/guard.py``), and every request without it is refused.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
-import secrets
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import httpx
-from starlette.applications import Starlette
-from starlette.background import BackgroundTask
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
-from starlette.types import ASGIApp
+from ..control.address import (
+    add_control_arguments,
+    default_control_address,
+    parse_address,
+    read_token,
+)
 
-from ..control.address import default_control_address, parse_address, read_token
-from ..control.client import add_control_arguments, unreachable
+if TYPE_CHECKING:
+    from aiohttp import ClientSession, web
 
 # Not forwarded: our own credentials, and what only concerns the browser ↔ proxy hop.
 _DROP_REQUEST = {"host", "cookie", "authorization", "origin", "referer", "connection"}
 _DROP_RESPONSE = {"content-length", "transfer-encoding", "connection", "keep-alive"}
+CONNECT_TIMEOUT_S = 5.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,70 +38,93 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_control_arguments(parser)
 
 
-def upstream_client(address: str, token: str | None) -> httpx.AsyncClient:
+def upstream_session(address: str, token: str | None) -> ClientSession:
+    """A client for the control API; event streams stay open, so only connecting times out."""
+    import aiohttp
+
     host, where = parse_address(address)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    timeout = httpx.Timeout(None, connect=5.0)  # event streams stay open
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S)
     if host == "unix":
-        transport = httpx.AsyncHTTPTransport(uds=str(where))
-        return httpx.AsyncClient(
-            transport=transport, base_url="http://llm-supervisor", headers=headers, timeout=timeout
-        )
-    base = f"http://[{host}]:{where}" if ":" in host else f"http://{host}:{where}"
-    return httpx.AsyncClient(base_url=base, headers=headers, timeout=timeout)
+        connector: aiohttp.BaseConnector = aiohttp.UnixConnector(path=str(where))
+        base = "http://llm-supervisor"
+    else:
+        connector = aiohttp.TCPConnector()
+        base = f"http://[{host}]:{where}" if ":" in host else f"http://{host}:{where}"
+    return aiohttp.ClientSession(
+        base, connector=connector, headers=headers, timeout=timeout, auto_decompress=False
+    )
 
 
-def proxy_app(upstream: httpx.AsyncClient, address: str, token: str) -> ASGIApp:
+def proxy_app(address: str, upstream_token: str | None, token: str) -> web.Application:
     """Forward everything to the control API; guarded by ``token`` (cookie after login)."""
-    from ..control.api import BearerAuth
-    from ..control.page import BrowserGuard
+    import aiohttp
+    from aiohttp import web
+    from multidict import CIMultiDict
 
-    async def forward(request: Request) -> Response:
-        headers = [(k, v) for k, v in request.headers.items() if k not in _DROP_REQUEST]
-        outgoing = upstream.build_request(
-            request.method, request.url.path, params=request.url.query.encode(),
-            headers=headers, content=await request.body(),
-        )  # fmt: skip
+    from ..control.client import unreachable
+    from ..control.guard import guard
+
+    upstream_key = web.AppKey("upstream", aiohttp.ClientSession)
+
+    async def session(app: web.Application) -> AsyncIterator[None]:
+        app[upstream_key] = upstream_session(address, upstream_token)
+        yield
+        await app[upstream_key].close()
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP_REQUEST}
+        body = await request.read()
+        upstream = request.app[upstream_key]
         try:
-            answer = await upstream.send(outgoing, stream=True)
-        except httpx.TransportError as exc:
-            body = {"error": {"type": "unreachable", "message": str(unreachable(address, exc))}}
-            return JSONResponse(body, status_code=502)
-        kept = {k: v for k, v in answer.headers.items() if k.lower() not in _DROP_RESPONSE}
-        return StreamingResponse(
-            answer.aiter_raw(), answer.status_code, kept, background=BackgroundTask(answer.aclose)
-        )
+            answer = await upstream.request(
+                request.method, request.rel_url, headers=headers, data=body or None
+            )
+        except aiohttp.ClientConnectionError as exc:
+            message = str(unreachable(address, exc))
+            body_json = {"error": {"type": "unreachable", "message": message}}
+            return web.json_response(body_json, status=502)
+        async with answer:  # released (closed, if unfinished) when the browser leaves
+            kept = CIMultiDict(
+                (k, v) for k, v in answer.headers.items() if k.lower() not in _DROP_RESPONSE
+            )
+            response = web.StreamResponse(status=answer.status, headers=kept)
+            await response.prepare(request)
+            async for chunk in answer.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+        return response
 
-    methods = ["GET", "POST"]
-    app = Starlette(routes=[Route("/{path:path}", forward, methods=methods)])
-    return BrowserGuard(BearerAuth(app, token), token)
+    app = web.Application(middlewares=[guard(token)])
+    app.cleanup_ctx.append(session)
+    app.router.add_route("*", "/{path:.*}", forward)
+    return app
 
 
-async def serve(args: argparse.Namespace) -> int:
-    import uvicorn
+def run(args: argparse.Namespace) -> int:
+    import secrets
+
+    from aiohttp import web
 
     from ..control.server import bind_tcp
+    from ..logsetup import configure_logging
+
+    configure_logging("auto", "error")
 
     address = default_control_address(args.control, client=True)
     env_token = os.environ.get("LLM_SUPERVISOR_TOKEN_FILE")
     token_file = args.token_file or (Path(env_token) if env_token else None)
-    upstream = upstream_client(address, read_token(token_file))
+    upstream_token = read_token(token_file)
     token = secrets.token_urlsafe(24)
     sock = bind_tcp(args.host, args.port)
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"status page for {address}:\n  http://{host}:{port}/?token={token}", flush=True)
     print("(the link works once per browser; stop with Ctrl-C)", file=sys.stderr, flush=True)
-    config = uvicorn.Config(
-        proxy_app(upstream, address, token), log_level="warning", lifespan="off",
-        timeout_graceful_shutdown=1,
+    # run_app: its own loop, SIGINT/SIGTERM end it gracefully; the browser's hang-ups
+    # cancel their forwarders (event streams would otherwise hold the upstream open).
+    web.run_app(
+        proxy_app(address, upstream_token, token), sock=sock, print=None, access_log=None,
+        handler_cancellation=True, shutdown_timeout=1.0,
     )  # fmt: skip
-    try:
-        await uvicorn.Server(config).serve(sockets=[sock])
-    finally:
-        await upstream.aclose()
     return 0
-
-
-def run(args: argparse.Namespace) -> int:
-    return asyncio.run(serve(args))

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..control.client import ControlClient, add_control_arguments, client_from_args
+from ..control.address import add_control_arguments
 from ..errors import DaemonUnreachableError, UpgradeError
+
+if TYPE_CHECKING:
+    from ..control.client import ControlClient
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..control.client import client_from_args
+
     with client_from_args(args) as client:
         before = client.status().get("services", {})
         answer = client.upgrade()

@@ -1,11 +1,11 @@
 """Where the control API lives: address parsing, the default socket path, the token file.
 
-Kept free of server imports so the CLI starts fast.
+Kept free of server and client imports: every CLI command parses its arguments with it.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import argparse
 import os
 from pathlib import Path
 
@@ -53,15 +53,6 @@ def parse_address(address: str) -> tuple[str, str | int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def read_token(token_file: Path | None) -> str | None:
     if token_file is None:
         return None
@@ -72,3 +63,34 @@ def read_token(token_file: Path | None) -> str | None:
     if not token:
         raise ControlError(f"token file {token_file} is empty")
     return token
+
+
+def server_token(address: str, token_file: Path | None) -> str | None:
+    """The token the control API on ``address`` requires (read from ``token_file``).
+
+    TCP always needs one, loopback included: any web page in the operator's browser can
+    reach 127.0.0.1, and other local users can too. The Unix socket's file mode is its
+    access control, so it needs none (one given is still required there).
+    """
+    host, _ = parse_address(address)
+    token = read_token(token_file)
+    if host != "unix" and token is None:
+        raise ControlAddressError(
+            f"the control API on TCP ({address}) needs a bearer token: pass --token-file FILE "
+            "(a file holding a random secret), or serve it on a Unix socket (unix:PATH)"
+        )
+    return token
+
+
+def add_control_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--control`` and ``--token-file``, shared by every command that talks to the daemon."""
+    parser.add_argument(
+        "--control",
+        metavar="unix:PATH|HOST:PORT",
+        help="control API address (default: $LLM_SUPERVISOR_CONTROL, else the default socket)",
+    )
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        help="bearer token for a TCP control API (default: $LLM_SUPERVISOR_TOKEN_FILE)",
+    )

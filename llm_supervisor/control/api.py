@@ -1,4 +1,4 @@
-"""The control API: a Starlette app over a ControlBackend.
+"""The control API: an aiohttp application over a ControlBackend.
 
 Endpoints (JSON unless noted)::
 
@@ -19,18 +19,14 @@ Errors are ``{"error": {"type": ..., "message": ...}}`` plus ``service``/``reaso
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
+from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..durations import parse_duration
 from ..errors import (
@@ -44,17 +40,16 @@ from ..errors import (
 )
 from ..logsetup import get_logger
 from .backend import ControlBackend, LogLine
-from .logstream import NDJSON, FollowResponse, encode_line
+from .guard import error_response, guard
+from .logstream import NDJSON, close_iterator, encode_line, follow_response
 from .metrics import build_registry
-from .page import BrowserGuard, page_routes
+from .page import add_page_routes
 
 log = get_logger("llm_supervisor.control")
 
 DEFAULT_LOG_LINES = 100
 MAX_LOG_LINES = 1_000_000
 _TRUE = {"1", "true", "yes", "on"}
-
-Handler = Callable[[Request], Awaitable[Response]]
 
 
 class BadRequest(ValueError):
@@ -83,28 +78,31 @@ def error_body(exc: BaseException) -> tuple[int, dict[str, Any]]:
     return status, {"error": err}
 
 
-def _guarded(handler: Handler) -> Handler:
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn the errors a handler raises into the JSON error shape, and log the unexpected."""
-
-    async def wrapper(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except (SupervisorError, BadRequest) as exc:
-            status, body = error_body(exc)
-        except Exception as exc:
-            log.exception("control.error", path=request.url.path)
-            status, body = error_body(exc)
-        return JSONResponse(body, status_code=status)
-
-    return wrapper
-
-
-def _flag(request: Request, name: str) -> bool:
-    return request.query_params.get(name, "").lower() in _TRUE
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        # the router's own answers (no such path, wrong method), in the API's shape
+        kind = exc.reason.lower().replace(" ", "_")
+        return error_response(exc.status, kind, f"{request.method} {request.path}: {exc.reason}")
+    except (SupervisorError, BadRequest) as exc:
+        status, body = error_body(exc)
+    except Exception as exc:
+        log.exception("control.error", path=request.path)
+        status, body = error_body(exc)
+    return web.json_response(body, status=status)
 
 
-def _lines(request: Request) -> int:
-    raw = request.query_params.get("lines", str(DEFAULT_LOG_LINES))
+def _flag(query: Mapping[str, str], name: str) -> bool:
+    return query.get(name, "").lower() in _TRUE
+
+
+def _lines(query: Mapping[str, str]) -> int:
+    raw = query.get("lines", str(DEFAULT_LOG_LINES))
     if raw == "all":
         return MAX_LOG_LINES
     try:
@@ -116,9 +114,9 @@ def _lines(request: Request) -> int:
     return min(value, MAX_LOG_LINES)
 
 
-def _since(request: Request) -> float | None:
+def _since(query: Mapping[str, str]) -> float | None:
     """``since`` is how far back (seconds or a duration like 10m); returns an absolute time."""
-    raw = request.query_params.get("since")
+    raw = query.get("since")
     if not raw:
         return None
     try:
@@ -127,24 +125,10 @@ def _since(request: Request) -> float | None:
         raise BadRequest(f"since: {exc}") from None
 
 
-class BearerAuth:
-    """Pure ASGI middleware: every HTTP request needs ``Authorization: Bearer <token>``."""
-
-    def __init__(self, app: ASGIApp, token: str) -> None:
-        self.app = app
-        self._expected = f"Bearer {token}".encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not self._authorized(scope):
-            body = {"error": {"type": "unauthorized", "message": "missing or wrong bearer token"}}
-            headers = {"WWW-Authenticate": 'Bearer realm="llm-supervisor"'}
-            await JSONResponse(body, status_code=401, headers=headers)(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
-
-    def _authorized(self, scope: Scope) -> bool:
-        sent = dict(scope.get("headers", [])).get(b"authorization", b"")
-        return hmac.compare_digest(sent, self._expected)
+async def _shielded(action: Awaitable[Any]) -> Any:
+    """A client that hangs up (Ctrl-C on ``start --wait``) cancels the handler, not the
+    start or reload it asked for: that goes on, as if the client were still waiting."""
+    return await asyncio.shield(asyncio.ensure_future(action))
 
 
 def create_app(
@@ -153,77 +137,75 @@ def create_app(
     token: str | None = None,
     closing: asyncio.Event | None = None,
     collectors: Sequence[Collector] = (),
-) -> ASGIApp:
-    """The ASGI app. ``closing`` (set by the server on shutdown) ends follow streams;
-    ``collectors`` (e.g. the gateway's counters) are added to ``/metrics``."""
+) -> web.Application:
+    """The aiohttp app. ``token``: required from every client (TCP); ``closing`` (set by the
+    server on shutdown) ends follow streams; ``collectors`` (e.g. the gateway's counters)
+    are added to ``/metrics``."""
     ending = closing or asyncio.Event()
     registry = build_registry(backend, collectors)
 
-    async def status(_: Request) -> Response:
-        return JSONResponse(backend.status())
+    async def status(_: web.Request) -> web.StreamResponse:
+        return web.json_response(backend.status())
 
-    async def gpus(_: Request) -> Response:
-        return JSONResponse(backend.gpus())
+    async def gpus(_: web.Request) -> web.StreamResponse:
+        return web.json_response(backend.gpus())
 
     def service_action(action: str) -> Handler:
-        async def handler(request: Request) -> Response:
-            name, wait = request.path_params["name"], _flag(request, "wait")
+        async def handler(request: web.Request) -> web.StreamResponse:
+            name, wait = request.match_info["name"], _flag(request.query, "wait")
             log.info("control.action", service=name, action=action, wait=wait)
             if action == "start":
-                await backend.start(name, wait)
+                await _shielded(backend.start(name, wait))
             elif action == "restart":
-                await backend.restart(name, wait)
+                await _shielded(backend.restart(name, wait))
             else:
-                await backend.stop(name)
+                await _shielded(backend.stop(name))
             entry = backend.status().get("services", {}).get(name, {})
-            return JSONResponse({"service": name, "action": action, "state": entry.get("state")})
+            return web.json_response(
+                {"service": name, "action": action, "state": entry.get("state")}
+            )
 
         return handler
 
-    async def reload(request: Request) -> Response:
-        result = await backend.reload(_flag(request, "wait"), _flag(request, "dry_run"))
-        return JSONResponse(result)
+    async def reload(request: web.Request) -> web.StreamResponse:
+        query = request.query
+        result = await _shielded(backend.reload(_flag(query, "wait"), _flag(query, "dry_run")))
+        return web.json_response(result)
 
-    async def upgrade(_: Request) -> Response:
+    async def upgrade(_: web.Request) -> web.StreamResponse:
         log.info("control.upgrade")
-        return JSONResponse(await backend.upgrade())
+        return web.json_response(await _shielded(backend.upgrade()))
 
-    async def logs(request: Request) -> Response:
-        name = request.path_params["name"]
-        lines, since = _lines(request), _since(request)
-        if not _flag(request, "follow"):
+    async def logs(request: web.Request) -> web.StreamResponse:
+        name, query = request.match_info["name"], request.query
+        lines, since = _lines(query), _since(query)
+        if not _flag(query, "follow"):
             tail = backend.log_tail(name, lines, since)
-            return Response(b"".join(encode_line(x) for x in tail), media_type=NDJSON)
+            body = b"".join(encode_line(x) for x in tail)
+            return web.Response(body=body, headers={"Content-Type": NDJSON})
         backend.log_tail(name, 0, None)  # unknown names fail here, before anything subscribes
         follow = backend.follow_logs(name)  # subscribe first: nothing slips between the two
         try:
             head: list[LogLine] = backend.log_tail(name, lines, since) if lines else []
         except BaseException:
-            aclose = getattr(follow, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await close_iterator(follow)
             raise
-        return FollowResponse(head, follow, ending)
+        return await follow_response(request, head, follow, ending)
 
-    async def metrics(_: Request) -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    async def metrics(_: web.Request) -> web.StreamResponse:
+        return web.Response(
+            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
 
-    routes = [
-        Route("/v1/status", _guarded(status), methods=["GET"]),
-        Route("/v1/gpus", _guarded(gpus), methods=["GET"]),
-        *(
-            Route(
-                f"/v1/services/{{name}}/{action}",
-                _guarded(service_action(action)),
-                methods=["POST"],
-            )
-            for action in ("start", "stop", "restart")
-        ),
-        Route("/v1/reload", _guarded(reload), methods=["POST"]),
-        Route("/v1/upgrade", _guarded(upgrade), methods=["POST"]),
-        Route("/v1/services/{name}/logs", _guarded(logs), methods=["GET"]),
-        Route("/metrics", _guarded(metrics), methods=["GET"]),
-        *page_routes(ending),
-    ]
-    app: ASGIApp = Starlette(routes=routes)
-    return BrowserGuard(BearerAuth(app, token) if token else app, token)
+    app = web.Application(middlewares=[guard(token), json_errors])
+    router = app.router
+    router.add_get("/v1/status", status)
+    router.add_get("/v1/gpus", gpus)
+    for action in ("start", "stop", "restart"):
+        router.add_post(f"/v1/services/{{name}}/{action}", service_action(action))
+    router.add_post("/v1/reload", reload)
+    router.add_post("/v1/upgrade", upgrade)
+    router.add_get("/v1/services/{name}/logs", logs)
+    router.add_get("/metrics", metrics)
+    add_page_routes(router, ending)
+    return app

@@ -39,7 +39,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from ..process.output import LogLine
+from ..process.logline import LogLine
 
 SERVICE_STATES = ("stopped", "starting", "ready", "stopping", "backoff", "fatal")
 __all__ = ["ControlBackend", "LogLine"]

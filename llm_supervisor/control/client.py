@@ -1,20 +1,28 @@
-"""The CLI's side of the control API: httpx over the Unix socket, or TCP with a bearer token.
+"""The CLI's side of the control API: HTTP over the Unix socket, or TCP with a bearer token.
 
 Every failure becomes a typed error with one readable line; ``cli.py`` prints it.
+
+Stdlib ``http.client``, not httpx (which DESIGN.md first named here): every CLI call pays
+for its imports, and importing httpx alone cost 75-90 ms of CPU on the development machine,
+over half of the 150 ms that ``llm-supervisor status`` may take in all; http.client, json
+and socket cost under 20 ms. The client needs one request at a time, a Unix socket and a
+line-by-line stream, which http.client does in a few lines; and the package needs no second
+HTTP stack besides aiohttp (server, probes, the gateway's upstream).
 """
 
 from __future__ import annotations
 
-import argparse
 import errno
+import http.client
 import json
 import os
 import re
+import socket
+from argparse import Namespace
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import httpx
+from urllib.parse import quote, urlencode
 
 from ..errors import (
     AdmissionError,
@@ -82,12 +90,13 @@ def _bare(text: str) -> ConfigIssue:
     return ConfigIssue("config", 0, 0, "", text)
 
 
-def api_error(response: httpx.Response) -> Exception:
+def api_error(status: int, body: bytes) -> Exception:
     """Turn the API's ``{"error": {...}}`` body into the typed error it was made from."""
     try:
-        err: dict[str, Any] = response.json()["error"]
+        err: dict[str, Any] = json.loads(body)["error"]
     except (ValueError, KeyError, TypeError):
-        return ControlError(f"control API answered {response.status_code}: {response.text[:200]}")
+        text = body[:200].decode("utf-8", "replace")
+        return ControlError(f"control API answered {status}: {text}")
     kind, message = err.get("type"), str(err.get("message", ""))
     if kind == "unauthorized":
         return ControlAuthError(f"{message}; pass --token-file or set LLM_SUPERVISOR_TOKEN_FILE")
@@ -105,28 +114,45 @@ def api_error(response: httpx.Response) -> Exception:
     return ControlError(message)
 
 
+class _Connection(http.client.HTTPConnection):
+    """One HTTP connection, over a Unix socket when ``unix_path`` is given. Only connecting
+    times out: ``start --wait`` may wait minutes for its answer, ``logs -f`` for hours."""
+
+    def __init__(self, host: str, port: int | None, unix_path: str | None) -> None:
+        super().__init__(host, port, timeout=CONNECT_TIMEOUT_S)
+        self._unix_path = unix_path
+
+    def connect(self) -> None:
+        if self._unix_path is None:
+            super().connect()
+        else:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(self._unix_path)
+            except OSError:
+                sock.close()
+                raise
+            self.sock = sock
+        self.sock.settimeout(None)
+
+
 class ControlClient:
-    """Synchronous client; one instance per CLI invocation."""
+    """Synchronous client; one instance per CLI invocation, one connection per request."""
 
     def __init__(self, address: str | None = None, token_file: Path | None = None) -> None:
         self.address = default_control_address(address, client=True)
         host, where = parse_address(self.address)
         env_token = os.environ.get("LLM_SUPERVISOR_TOKEN_FILE")
         token = read_token(token_file or (Path(env_token) if env_token else None))
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        timeout = httpx.Timeout(None, connect=CONNECT_TIMEOUT_S)
-        if host == "unix":
-            transport = httpx.HTTPTransport(uds=str(where))
-            base = "http://llm-supervisor"
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if host == "unix":  # a single-label Host: the API takes it as a local name
+            self._target: tuple[str, int | None, str | None] = ("llm-supervisor", None, str(where))
         else:
-            transport = httpx.HTTPTransport()
-            base = f"http://[{host}]:{where}" if ":" in host else f"http://{host}:{where}"
-        self._http = httpx.Client(
-            transport=transport, base_url=base, headers=headers, timeout=timeout
-        )
+            self._target = (host, int(where), None)
 
     def close(self) -> None:
-        self._http.close()
+        """Nothing stays open between requests; kept for ``with``."""
 
     def __enter__(self) -> ControlClient:
         return self
@@ -134,56 +160,75 @@ class ControlClient:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def _request(self, method: str, path: str, **params: Any) -> httpx.Response:
-        query = {k: v for k, v in params.items() if v is not None}
+    def _send(
+        self, conn: _Connection, method: str, path: str, params: dict[str, Any]
+    ) -> http.client.HTTPResponse:
+        """Send a request, get the answer's head; errors (the API's too) are raised."""
+        query = urlencode({k: v for k, v in params.items() if v is not None})
         try:
-            response = self._http.request(method, path, params=query)
-        except httpx.TransportError as exc:
+            conn.request(method, f"{path}?{query}" if query else path, headers=self._headers)
+            response = conn.getresponse()
+            if response.status >= 400:
+                raise api_error(response.status, response.read())
+        except (OSError, http.client.HTTPException) as exc:
             raise unreachable(self.address, exc) from None
-        if response.status_code >= 400:
-            raise api_error(response)
         return response
 
-    def status(self) -> dict[str, Any]:
-        data: dict[str, Any] = self._request("GET", "/v1/status").json()
+    def _request(self, method: str, path: str, **params: Any) -> bytes:
+        conn = _Connection(*self._target)
+        try:
+            response = self._send(conn, method, path, params)
+            try:
+                return response.read()
+            except (OSError, http.client.HTTPException) as exc:
+                raise unreachable(self.address, exc) from None
+        finally:
+            conn.close()
+
+    def _json(self, method: str, path: str, **params: Any) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self._request(method, path, **params))
         return data
 
+    def status(self) -> dict[str, Any]:
+        return self._json("GET", "/v1/status")
+
     def gpus(self) -> dict[str, Any]:
-        data: dict[str, Any] = self._request("GET", "/v1/gpus").json()
-        return data
+        return self._json("GET", "/v1/gpus")
 
     def action(self, action: str, name: str, wait: bool = False) -> dict[str, Any]:
         """``action`` is start, stop or restart."""
-        path = f"/v1/services/{name}/{action}"
-        data: dict[str, Any] = self._request("POST", path, wait=1 if wait else None).json()
-        return data
+        path = f"/v1/services/{quote(name, safe='')}/{action}"
+        return self._json("POST", path, wait=1 if wait else None)
 
     def reload(self, wait: bool = False, dry_run: bool = False) -> dict[str, Any]:
         params = {"wait": 1 if wait else None, "dry_run": 1 if dry_run else None}
-        data: dict[str, Any] = self._request("POST", "/v1/reload", **params).json()
-        return data
+        return self._json("POST", "/v1/reload", **params)
 
     def upgrade(self) -> dict[str, Any]:
-        data: dict[str, Any] = self._request("POST", "/v1/upgrade").json()
-        return data
+        return self._json("POST", "/v1/upgrade")
 
     def log_tail(self, name: str, lines: int | str, since: float | None) -> list[LogLine]:
-        response = self._request("GET", f"/v1/services/{name}/logs", lines=lines, since=since)
-        return [_decode(raw) for raw in response.text.splitlines() if raw.strip()]
+        path = f"/v1/services/{quote(name, safe='')}/logs"
+        body = self._request("GET", path, lines=lines, since=since).decode()
+        return [_decode(raw) for raw in body.splitlines() if raw.strip()]
 
     def follow_logs(self, name: str, lines: int | str, since: float | None) -> Iterator[LogLine]:
         """The tail, then new lines until the daemon ends the stream."""
-        query = {"lines": lines, "follow": 1, "since": since}
-        query = {k: v for k, v in query.items() if v is not None}
+        path = f"/v1/services/{quote(name, safe='')}/logs"
+        conn = _Connection(*self._target)
         try:
-            with self._http.stream("GET", f"/v1/services/{name}/logs", params=query) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    raise api_error(response)
-                for raw in response.iter_lines():
-                    if raw.strip():
-                        yield _decode(raw)
-        except httpx.TransportError as exc:
+            params = {"lines": lines, "follow": 1, "since": since}
+            response = self._send(conn, "GET", path, params)
+            while raw := self._readline(response):
+                if raw.strip():
+                    yield _decode(raw.decode())
+        finally:
+            conn.close()
+
+    def _readline(self, response: http.client.HTTPResponse) -> bytes:
+        try:
+            return response.readline()
+        except (OSError, http.client.HTTPException) as exc:
             raise unreachable(self.address, exc) from None
 
 
@@ -191,19 +236,5 @@ def _decode(raw: str) -> LogLine:
     return LogLine.from_json(json.loads(raw))
 
 
-def add_control_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--control`` and ``--token-file``, shared by every command that talks to the daemon."""
-    parser.add_argument(
-        "--control",
-        metavar="unix:PATH|HOST:PORT",
-        help="control API address (default: $LLM_SUPERVISOR_CONTROL, else the default socket)",
-    )
-    parser.add_argument(
-        "--token-file",
-        type=Path,
-        help="bearer token for a TCP control API (default: $LLM_SUPERVISOR_TOKEN_FILE)",
-    )
-
-
-def client_from_args(args: argparse.Namespace) -> ControlClient:
+def client_from_args(args: Namespace) -> ControlClient:
     return ControlClient(args.control, args.token_file)

@@ -1,9 +1,9 @@
-"""Serving the control API: a Unix socket (mode 0660) by default, or loopback TCP with a token.
+"""Serving the control API: a Unix socket (mode 0660) by default, or TCP with a token.
 
-The daemon owns the process's signals, so uvicorn must not install its own handlers: the
-Server subclass below turns ``capture_signals`` into a no-op (uvicorn >= 0.29 installs them
-there, in ``serve()``). We bind the sockets ourselves and hand them to uvicorn, so bind
-errors surface as typed errors instead of uvicorn's ``sys.exit``.
+On aiohttp, like the gateway: one HTTP stack in the daemon. Nothing here ticks while idle
+(aiohttp sets timers only for open connections), and the runner leaves the process's
+signals to the daemon. We bind the sockets ourselves and hand them to aiohttp, so bind
+errors surface as typed errors with the address in them.
 """
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ import grp
 import os
 import socket
 import stat
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import uvicorn
+from aiohttp import web
 from prometheus_client.registry import Collector
 
-from ..errors import ControlAddressError, ControlError
+from ..errors import ControlError
 from ..logsetup import get_logger
-from .address import is_loopback, parse_address, read_token
+from .address import parse_address, server_token
 from .api import create_app
 from .backend import ControlBackend
 
@@ -81,43 +81,6 @@ def bind_tcp(host: str, port: int) -> socket.socket:
     return sock
 
 
-class _QuietServer(uvicorn.Server):
-    """uvicorn without its signal handlers or its 10 Hz tick, with an event for "listening".
-
-    uvicorn's main loop wakes every 0.1 s to see whether it should exit (and to refresh a
-    Date header, which this server does not send); the control API is idle nearly always,
-    so the loop waits for the exit itself: ``should_exit = True`` sets an event.
-    """
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        self._exit = asyncio.Event()
-        super().__init__(config)
-        self.listening = asyncio.Event()
-
-    @property
-    def should_exit(self) -> bool:
-        return self._exit.is_set()
-
-    @should_exit.setter
-    def should_exit(self, value: bool) -> None:
-        if value:
-            self._exit.set()
-        else:
-            self._exit.clear()
-
-    async def main_loop(self) -> None:
-        if not await self.on_tick(0):  # what a tick does once: headers, the exit check
-            await self._exit.wait()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield  # the daemon owns SIGTERM/SIGINT/SIGHUP
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
-        self.listening.set()
-
-
 class ControlServer:
     """The control API on one address. ``start()`` binds and serves in the background."""
 
@@ -133,26 +96,20 @@ class ControlServer:
         self.address = address
         self._collectors = collectors
         self._backend = backend
-        self._token = read_token(token_file)
+        self._token = server_token(address, token_file)
         self._group = socket_group
         # ("unix", path) or (host, port)
         self._host, self._where = parse_address(address)
-        if self._host != "unix" and not is_loopback(self._host) and not self._token:
-            raise ControlAddressError(
-                f"refusing to serve the control API on non-loopback {address} without a token; "
-                "pass a token file or use a Unix socket"
-            )
         self._closing = asyncio.Event()
-        self._server: _QuietServer | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._runner: web.AppRunner | None = None
         self._socket_id: tuple[int, int] | None = None
 
     @property
     def port(self) -> int | None:
         """The bound TCP port (useful with port 0), None for a Unix socket."""
-        if self._server is None or self._host == "unix":
+        if self._runner is None or self._host == "unix":
             return None
-        port: int = self._server.servers[0].sockets[0].getsockname()[1]
+        port: int = self._runner.addresses[0][1]
         return port
 
     def _bind(self) -> socket.socket:
@@ -174,36 +131,31 @@ class ControlServer:
         app = create_app(
             self._backend, token=self._token, closing=self._closing, collectors=self._collectors
         )
-        config = uvicorn.Config(
+        # handler_cancellation: a client that hangs up ends its follow stream at once
+        # (api.py shields the actions it asked for).
+        runner = web.AppRunner(
             app,
-            lifespan="off",
-            log_config=None,
-            access_log=False,
-            date_header=False,  # it would go stale: nothing ticks to refresh it
-            timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_S),
+            handle_signals=False,  # the daemon owns SIGTERM/SIGINT/SIGHUP
+            access_log=None,
+            handler_cancellation=True,
+            shutdown_timeout=GRACEFUL_SHUTDOWN_S,
         )
-        self._server = _QuietServer(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
-        listening = asyncio.ensure_future(self._server.listening.wait())
-        await asyncio.wait([listening, self._task], return_when=asyncio.FIRST_COMPLETED)
-        listening.cancel()
-        if self._task.done():
-            self._task.result()  # startup failed: raise why
+        await runner.setup()
+        try:
+            await web.SockSite(runner, sock).start()
+        except BaseException:
+            sock.close()
+            await runner.cleanup()
+            raise
+        self._runner = runner
         log.info("control.listening", address=self.address)
 
-    async def wait_closed(self) -> None:
-        """Return when uvicorn has stopped (after ``shutdown()`` or on its own)."""
-        if self._task is not None:
-            await asyncio.shield(self._task)
-
     async def shutdown(self) -> None:
-        """Stop accepting, end follow streams, wait for uvicorn, remove our socket file."""
+        """Stop accepting, end follow streams, let requests finish, remove our socket file."""
         self._closing.set()
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
         self._unlink_socket()
         log.info("control.stopped", address=self.address)
 
@@ -237,6 +189,6 @@ async def serve_control(
     if started is not None:
         started.set()
     try:
-        await server.wait_closed()
+        await asyncio.Future()  # until cancelled
     finally:
         await asyncio.shield(server.shutdown())

@@ -9,9 +9,8 @@ import asyncio
 import contextlib
 import os
 import signal
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +29,15 @@ from ..process.registry import GroupRegistry
 from ..process.tree import find_marked, kill_refs, killpg
 from ..reload.reloader import Reloader
 from ..reload.watcher import watch_config_dir
+from ..service.deps import GpuHooks
 from ..service.gate import StartGate
 from ..service.manager import Manager
 from ..service.starts import StartHistory
 from . import lastresort
-from .backend import DaemonBackend
+from .backend import DaemonBackend, GatewayServices
 from .listeners import Listeners, take_inherited
 from .sdnotify import SystemdNotifier, watchdog_loop
-from .status import summary_line
+from .status import DaemonFacts, StatusReport, summary_line
 from .upgrade import PRECHECK_TIMEOUT, Handover, exec_self, precheck
 
 log = get_logger(__name__)
@@ -71,27 +71,24 @@ class Daemon:
         self.handover = Handover.take(os.environ)
         self.listeners = Listeners(take_inherited(os.environ))
         self.upgrading_to: str | None = None
-        self.ready = False
         self._upgrade_check: asyncio.Task[str] | None = None
         self._upgrade_task: asyncio.Future[None] | None = None
-        self.started_at = self.handover.started_at or time.time()
-        self.orphans_killed = 0  # by the sweep at start (status and metrics)
-        self.engines_adopted = 0  # running engines of a previous daemon taken over at start
         self._held: list[str] = []  # boot services down on purpose, kept down by an upgrade
-        self.started_monotonic = time.monotonic()
+        self.facts = DaemonFacts(
+            options.config_dir, options.gateway, generation=self.handover.generation,
+            previous_version=self.handover.previous_version,
+        )  # fmt: skip
+        if self.handover.started_at is not None:  # the same daemon, as far as anyone can tell
+            self.facts = replace(self.facts, started_at=self.handover.started_at)
         self.gateway: Gateway | None = None
         self.reloader: Reloader | None = None
         self._stop = asyncio.Event()
         self._signals = 0
         self._disarm: Callable[[], None] = lambda: None
-        self.manager: Manager  # set in run(), after the config is known to be valid
-
-    @property
-    def gateway_address(self) -> str | None:
-        if self.options.gateway is None:
-            return None
-        host, port = self.options.gateway
-        return f"{host}:{self.gateway.port if self.gateway and self.gateway.port else port}"
+        # set in _build(), once the config is known to be valid
+        self.manager: Manager
+        self.report: StatusReport
+        self.backend: DaemonBackend
 
     def load(self) -> Config:
         config, warnings = load_config(self.options.config_dir, self.placement.totals())
@@ -157,7 +154,7 @@ class Daemon:
         if self.upgrading_to is not None:
             log.info("daemon.exec", version=__version__, to=self.upgrading_to)
             self.listeners.hand_over(os.environ)
-            exec_self(os.environ, self.handover, self.started_at, self._held)
+            exec_self(os.environ, self.handover, self.facts.started_at, self._held)
         self.listeners.close()
         log.info("daemon.stopped")
         return 0
@@ -167,6 +164,10 @@ class Daemon:
         self.listeners.control(self.options.control, self.options.socket_group)
         if self.options.gateway is not None:
             self.listeners.gateway(*self.options.gateway)
+
+    def _set_facts(self, **changes: Any) -> None:
+        self.facts = replace(self.facts, **changes)
+        self.report.facts = self.facts
 
     async def _adopt(self) -> None:
         """Adopt the previous daemon's engines that match the config; kill everything else."""
@@ -180,14 +181,12 @@ class Daemon:
             else:
                 log.info("adopt.skipped", service=name, pid=record.get("pid"), reason=why)
         killed = await self.registry.kill_orphans(keep=keep)
-        self.orphans_killed = len(killed)
         if killed:
             log.warning("daemon.orphans_killed", pids=killed)
         adopted = [n for n in keep if await self.manager.services[n].adopt(records[n])]
-        self.engines_adopted = len(adopted)
         if len(adopted) < len(keep):  # died meanwhile: its leftovers (EngineCore…) go now
             killed += await self.registry.kill_orphans(keep=adopted)
-            self.orphans_killed = len(killed)
+        self._set_facts(orphans_killed=len(killed), engines_adopted=len(adopted))
         if records:
             log.info("daemon.adopted", services=sorted(adopted), killed=len(killed))
 
@@ -197,16 +196,13 @@ class Daemon:
             registry=self.registry,
             log_dir=self.options.log_dir,
             gate=StartGate(admit=self.placement.admit),
-            deps_overrides={
-                "cuda_devices": self.placement.cuda_devices,
-                "wait_released": self.placement.wait_released,
-            },
+            gpu_hooks=GpuHooks(self.placement.cuda_devices, self.placement.wait_released),
+            listeners=[self._publish_summary],
             start_history=StartHistory(self.options.state_dir / "starts.json"),
         )
         self.placement.manager = self.manager
-        self.backend = DaemonBackend(self)
         if self.options.gateway is not None:
-            gateway = self.gateway = Gateway(self.backend)
+            gateway = self.gateway = Gateway(GatewayServices(self.manager))
             self.placement.on_critical = lambda event: relieve(gateway, self.manager.config, event)
         busy = self._busy
         self.placement.busy = busy
@@ -215,7 +211,15 @@ class Daemon:
             on_reloading=self.notifier.reloading,
             on_done=lambda record: self.notifier.ready(),
         )  # fmt: skip
-        self.manager.listeners.append(lambda *_: self.notifier.status(summary_line(self)))
+        self.report = StatusReport(
+            self.facts, self.manager, self.placement, self.gateway, self.reloader
+        )
+        self.backend = DaemonBackend(
+            self.manager, self.placement, self.reloader, self.report, self.request_upgrade
+        )
+
+    def _publish_summary(self, *_: object) -> None:
+        self.notifier.status(summary_line(self.manager))
 
     def _busy(self, name: str) -> bool:
         return self.gateway is not None and name in self.gateway.state.busy_services()
@@ -247,8 +251,8 @@ class Daemon:
         self._spawn(group, "gpu", self.placement.run(self.options.gpu_interval))
         self._spawn(group, "status", self._status_loop())
         await self.manager.start_boot_services(held=self.handover.held)
-        self.notifier.ready(status=summary_line(self))
-        self.ready = True
+        self.notifier.ready(status=summary_line(self.manager))
+        self._set_facts(ready=True)
         if self.handover.generation:
             log.info("daemon.upgraded", old=self.handover.previous_version, new=__version__,
                      generation=self.handover.generation, pid=os.getpid())  # fmt: skip
@@ -257,7 +261,7 @@ class Daemon:
             self.notifier, self.notifier.watchdog_interval()
         ))  # fmt: skip
         log.info("daemon.ready", services=len(self.manager.services),
-                 control=self.options.control, gateway=self.gateway_address)  # fmt: skip
+                 control=self.options.control, gateway=self.report.gateway_address())  # fmt: skip
 
     async def _started(self, waits: list[Any]) -> None:
         """Wait for the listeners; a task that died instead (port taken) raises here."""
@@ -280,7 +284,7 @@ class Daemon:
 
     async def _status_loop(self) -> None:
         while True:
-            self.notifier.status(summary_line(self))
+            self._publish_summary()
             await asyncio.sleep(5)
 
     # -- shutdown, in order ------------------------------------------------------------
@@ -325,7 +329,7 @@ class Daemon:
 
     async def _detach(self) -> None:
         """Before exec: stop serving and supervising; every engine keeps running."""
-        self.ready = False
+        self._set_facts(ready=False)
         self.notifier.reloading(status=f"upgrading to {self.upgrading_to}")
         for name in ("watcher", "reloader"):
             await self._cancel(name)

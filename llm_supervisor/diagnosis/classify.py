@@ -2,15 +2,18 @@
 
 The line naming the cause is rarely the last one: vLLM prints the root cause inside a
 traceback of the engine-core process, then the API server's own traceback, pydantic's
-"Value error" wrapping and shutdown noise. So every line of the given text is scanned and
-the most specific cause wins (the order of ``CAUSES``); among equals the line that yields
-more numbers, then the later line.
+"Value error" wrapping and shutdown noise. So every line of the given text is scanned; a
+line naming a root cause beats one that only gives context, which beats a wrapper that
+only says something died (``Rule.tier``); among those the most specific cause wins (the
+order of ``CAUSES``), then the line that says more (more named parts of its pattern
+matched: numbers, a model name, a reason), then the later line.
 """
 
 from __future__ import annotations
 
 import re
 import signal as signals
+from functools import lru_cache
 
 from . import model as c
 from .model import Diagnosis
@@ -48,18 +51,25 @@ def diagnose(text: str, engine: str | None = None) -> Diagnosis:
     ``engine`` ("vllm" / "ollama") restricts the patterns to that engine's messages; any
     other value, or None, tries them all.
     """
-    rules = [rule for rule in RULES if rule.applies_to(_known_engine(engine))]
-    best: tuple[tuple[int, bool, int, int], Rule, Found, str] | None = None
-    for index, raw in enumerate(_LINES.split(text)):
-        line = _ANSI.sub("", raw).strip()
-        if not line:
-            continue
+    # Most of a 64 KiB tail is noise and most rules' needles occur nowhere in it: one pass
+    # over the whole text leaves the few rules worth trying line by line.
+    whole = (_ANSI.sub("", text) if "\x1b" in text else text).lower()
+    rules = [
+        rule
+        for rule in _rules_for(_known_engine(engine))
+        if any(needle in whole for needle in rule.needles)
+    ]
+    best: tuple[tuple[tuple[int, int], bool, int, int], Rule, Found, str] | None = None
+    for index, raw in enumerate(_LINES.split(text) if rules else ()):
+        line = (_ANSI.sub("", raw) if "\x1b" in raw else raw).strip()
         lowered = line.lower()
         for rule in rules:
             found = rule.find(line, lowered, engine)
             if found is None:
                 continue
-            rank = (-rule.priority, not _SOURCE_LINE.search(line), len(found.numbers), index)
+            tier, order = rule.priority
+            said = sum(value is not None for value in found.match.groupdict().values())
+            rank = ((-tier, -order), not _SOURCE_LINE.search(line), said, index)
             if best is None or rank > best[0]:
                 best = (rank, rule, found, line)
     if best is None:
@@ -127,6 +137,11 @@ def _signal_name(number: int) -> str:
         return signals.Signals(number).name
     except ValueError:
         return f"signal {number}"
+
+
+@lru_cache(maxsize=4)
+def _rules_for(engine: str | None) -> tuple[Rule, ...]:
+    return tuple(rule for rule in RULES if rule.applies_to(engine))
 
 
 def _known_engine(engine: str | None) -> str | None:

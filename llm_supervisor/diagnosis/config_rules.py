@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from . import model as c
-from .rules import OLLAMA, VLLM, Found, Rule, fixed, rx
+from .rules import CONTEXT, OLLAMA, VLLM, Found, Rule, fixed, rx
 
 
 def _quant_hint(found: Found) -> str:
@@ -28,6 +28,29 @@ def _cc(text: str) -> str:
     return f"{text[:-1]}.{text[-1]}" if text.isdigit() and len(text) >= 2 else text
 
 
+def _too_old_hint(found: Found) -> str:
+    """Triton (vLLM's kernels) and PyTorch name the GPU, its capability and the minimum."""
+    gpu, have = found.text("gpu", "this GPU"), found.text("capability")
+    need = found.text("min_capability")
+    what = f"{gpu} (compute capability {have})" if have else gpu
+    needs = f" needs compute capability {need} or newer;" if need else ""
+    return (
+        f"{what} is too old for this vLLM build:{needs} serve the model on a newer GPU, "
+        "or with an engine that supports this one (Ollama, a Pascal build of vLLM)"
+    )
+
+
+def _ollama_too_old_hint(found: Found) -> str:
+    if found.text("capability"):
+        what = f"this GPU (compute capability {found.text('capability')})"
+    else:
+        what = f"this AMD GPU (gfx{found.text('gfx')})"
+    return (
+        f"{what} is too old for this Ollama build, so it runs on the CPU: use a GPU this "
+        "Ollama supports (see its GPU docs), or size the model for CPU speed and RAM"
+    )
+
+
 def _ollama_model_hint(found: Found) -> str:
     name = found.text("model", "the model")
     return f"{name} is not available on this Ollama: check the name and tag, then ollama pull it"
@@ -36,8 +59,8 @@ def _ollama_model_hint(found: Found) -> str:
 def _model_hint(found: Found) -> str:
     name = found.text("model", "the model")
     return (
-        f"{name} is neither a local directory nor a Hugging Face repo id: check the path "
-        "(readable by the service user?) or the repo name"
+        f"model not found: {name} is neither a local directory nor a Hugging Face repo id; "
+        "check the name or the path (readable by the service user?)"
     )
 
 
@@ -106,15 +129,64 @@ CONFIG_RULES: tuple[Rule, ...] = (
     ),
     Rule(
         c.UNSUPPORTED_GPU,
-        ("no kernel image is available", "compute capability below"),
+        ("no kernel image is available", "compute capability below", "invalid device function"),
         rx(
             r"no kernel image is available for execution on the device|GPUs with compute"
             r" capability below [\d.]+ are not supported"
+            # ROCm's (and CUDA's) words when a kernel was not built for this GPU's architecture
+            r"|(?:HIP|CUDA) error: invalid device function"
         ),
         fixed(
             "this engine build has no kernels for this GPU's architecture: install a build "
             "that supports its compute capability"
         ),
+    ),
+    Rule(  # Triton, which vLLM compiles its kernels with (torch.compile, V1 attention)
+        c.UNSUPPORTED_GPU,
+        ("too old to be supported",),
+        rx(
+            r"Found (?P<gpu>.+?) which is too old to be supported(?: by the triton GPU compiler)?"
+            r"(?:.*?Capability >= (?P<min_capability>\d+(?:\.\d+)?))?"
+            r"(?:.*?your device is of CUDA capability (?P<capability>\d+(?:\.\d+)?))?"
+        ),
+        _too_old_hint,
+        VLLM,
+    ),
+    Rule(  # PyTorch's own check, same shape
+        c.UNSUPPORTED_GPU,
+        ("no longer supports this gpu",),
+        rx(
+            r"Found GPU\d* (?P<gpu>.+?) which is of cuda capability (?P<capability>\d+(?:\.\d+)?)"
+            r"\.\s*PyTorch no longer supports this GPU because it is too old"
+            r"(?:.*?minimum cuda capability supported by this library is"
+            r" (?P<min_capability>\d+(?:\.\d+)?))?"
+        ),
+        _too_old_hint,
+        VLLM,
+    ),
+    Rule(  # Ollama's GPU discovery keeps running on the CPU: context for what fails later
+        c.UNSUPPORTED_GPU,
+        ("gpu is too old", "amdgpu too old"),
+        rx(
+            r"CUDA GPU is too old\.(?: Falling back to CPU mode\.)?"
+            r" Compute Capability detected: (?P<capability>\d+\.\d+)"
+            # gfx000 is what a machine without a real AMD GPU reports: harmless noise
+            r"|amdgpu too old gfx(?P<gfx>[1-9][0-9a-f]*)"
+        ),
+        _ollama_too_old_hint,
+        OLLAMA,
+        tier=CONTEXT,
+    ),
+    Rule(  # Ollama found a GPU but no usable driver for it, and runs on the CPU
+        c.UNSUPPORTED_GPU,
+        ("nvidia driver is too old or missing",),
+        rx(r"your nvidia driver is too old or missing"),
+        fixed(
+            "the NVIDIA driver is too old or missing, so Ollama cannot use the GPU: install a "
+            "current driver (nvidia-smi shows the version)"
+        ),
+        OLLAMA,
+        tier=CONTEXT,
     ),
     Rule(
         c.MODEL_ACCESS_DENIED,
@@ -125,7 +197,7 @@ CONFIG_RULES: tuple[Rule, ...] = (
         ),
         fixed(
             "the model is gated or private on Hugging Face: accept its licence on the model page "
-            "and set HF_TOKEN in the service's env"
+            "and set HF_TOKEN in the service's env (the Hub also says 401 for a misspelled name)"
         ),
         VLLM,
     ),
@@ -146,11 +218,48 @@ CONFIG_RULES: tuple[Rule, ...] = (
         _model_hint,
         VLLM,
     ),
+    Rule(  # vLLM's own check since 0.7.3, plain or inside pydantic's "Value error, ..."
+        c.MODEL_NOT_FOUND,
+        ("invalid repository id or local directory",),
+        rx(r"Invalid repository ID or local directory specified: '(?P<model>[^']*)'"),
+        _model_hint,
+        VLLM,
+    ),
+    Rule(  # huggingface_hub's repo-id validation: a path that does not exist reads as an id
+        c.MODEL_NOT_FOUND,
+        ("repo id must use alphanumeric",),
+        rx(r"Repo id must use alphanumeric chars.*?max(?:imum)? length is \d+: '(?P<model>[^']*)'"),
+        _model_hint,
+        VLLM,
+    ),
     Rule(
         c.MODEL_NOT_FOUND,
         ("repositorynotfounderror", "repository not found"),
         rx(r"RepositoryNotFoundError|Repository Not Found for url"),
         _model_hint,
+        VLLM,
+    ),
+    Rule(  # the path exists but holds no weights vLLM can load (or --load-format excludes them)
+        c.MODEL_NOT_FOUND,
+        ("cannot find any model weights",),
+        rx(r"Cannot find any model weights with [`'\"]?(?P<model>[^`'\"\s)]+)"),
+        lambda found: (
+            f"model not found: {found.text('model', 'the model path')} has no weights vLLM can "
+            "load; check the path (a complete download?) and load-format"
+        ),
+        VLLM,
+    ),
+    Rule(  # vLLM found neither config.json nor params.json (a wrong path, or a gated repo)
+        c.MODEL_NOT_FOUND,
+        ("no supported config format found", "could not detect config format"),
+        rx(
+            r"No supported config format found in (?P<model>\S+)"
+            r"|Could not detect config format for no config file found"
+        ),
+        lambda found: (
+            f"model not found: no config.json for {found.text('model', 'the model')}; check the "
+            "name or the path (a gated repo also needs HF_TOKEN in the service's env)"
+        ),
         VLLM,
     ),
     Rule(  # a Hub id that is not in the local cache while HF_HUB_OFFLINE=1
@@ -195,6 +304,39 @@ CONFIG_RULES: tuple[Rule, ...] = (
         OLLAMA,
     ),
     Rule(
+        c.UNSUPPORTED_MODEL,
+        ("unknown pre-tokenizer type",),
+        rx(r"unknown pre-tokenizer type: '(?P<pretokenizer>[^']*)'"),
+        lambda found: (
+            f"this Ollama does not know the model's tokenizer ('{found.text('pretokenizer')}'): "
+            "upgrade Ollama"
+        ),
+        OLLAMA,
+    ),
+    Rule(  # llama.cpp's loader: the GGUF's tensors are not what this Ollama expects
+        c.UNSUPPORTED_MODEL,
+        ("wrong number of tensors", "check_tensor_dims"),
+        rx(
+            r"wrong number of tensors; expected (?P<expected_tensors>\d+), got (?P<got_tensors>\d+)"
+            r"|check_tensor_dims: tensor '(?P<tensor>[^']+)' (?:has wrong shape|not found)"
+        ),
+        fixed(
+            "this Ollama does not understand the model file (made for a newer one, or converted "
+            "wrongly): upgrade Ollama; if it is current, ollama pull or convert the model again"
+        ),
+        OLLAMA,
+    ),
+    Rule(  # the registry refuses: HTTP 412 from ollama.com
+        c.UNSUPPORTED_MODEL,
+        ("requires a newer version of ollama", "model manifest: 412"),
+        rx(r"requires a newer version of Ollama|pull model manifest: 412"),
+        fixed(
+            "the model needs a newer Ollama: upgrade the Ollama server (ollama -v shows the "
+            "server's version; a newer client alone does not help)"
+        ),
+        OLLAMA,
+    ),
+    Rule(
         c.INVALID_ARGUMENT,
         ("error: unrecognized arguments", "error: argument", "error: the following arguments"),
         rx(
@@ -205,6 +347,32 @@ CONFIG_RULES: tuple[Rule, ...] = (
             f"the engine rejected its command line ({found.text('what')}): fix the service's args "
             "for this engine version"
         ),
+    ),
+    Rule(  # transformers refuses to run a model repo's own Python code unless told to
+        c.INVALID_ARGUMENT,
+        ("requires you to execute the configuration file", "contains custom code which must"),
+        rx(
+            r"requires you to execute the configuration file in that repo"
+            r"|contains custom code which must be executed"
+        ),
+        fixed(
+            "the model ships its own code: read it, then add --trust-remote-code to the "
+            "service's args"
+        ),
+        VLLM,
+    ),
+    Rule(  # before the generic "Value error" below: same line, this one says what to set
+        c.INVALID_ARGUMENT,
+        ("is not supported for quantization method",),
+        rx(
+            r"(?P<dtype>torch\.\w+) is not supported for quantization method (?P<method>[\w-]+)\."
+            r" Supported dtypes: \[(?P<supported>[^\]]*)\]"
+        ),
+        lambda found: (
+            f"quantization {found.text('method')} cannot run in {found.text('dtype')}: set dtype "
+            f"to one of [{found.text('supported')}] in the service's args"
+        ),
+        VLLM,
     ),
     Rule(
         c.INVALID_ARGUMENT,

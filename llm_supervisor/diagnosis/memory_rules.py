@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from . import model as c
-from .rules import VLLM, Found, Rule, by_engine, fixed, rx
+from .rules import OLLAMA, VLLM, Found, Rule, by_engine, fixed, rx
 
 
 def _kv_hint(found: Found) -> str:
@@ -17,6 +17,12 @@ def _kv_hint(found: Found) -> str:
         fit = math.floor(numbers["max_model_len"] * ratio)
         numbers["max_tokens_fit_estimate"] = fit
         return f"set max-model-len to about {fit} or lower, or raise gpu-memory-utilization"
+    if fit is None and "max_model_len" in numbers:
+        # The message was cut (a wrapped terminal line): only the configured length is known.
+        return (
+            f"the KV cache cannot hold one request of max-model-len {numbers['max_model_len']}: "
+            "lower max-model-len, or raise gpu-memory-utilization"
+        )
     if fit is None:
         return "raise gpu-memory-utilization, or lower max-model-len"
     return f"set max-model-len to {fit} or lower, or raise gpu-memory-utilization"
@@ -35,6 +41,48 @@ def _free_memory_hint(found: Found) -> str:
     )
 
 
+def _cpu_free_memory_hint(found: Found) -> str:
+    """vLLM's CPU backend reserves gpu-memory-utilization x the node's RAM at startup."""
+    free, total = found.numbers.get("free_gib"), found.numbers.get("total_gib")
+    node = found.text("node", "0")
+    if not free or not total:
+        return (
+            "other processes hold the RAM vLLM's CPU backend wants: free it or lower "
+            "gpu-memory-utilization (on CPU it is the share of RAM vLLM reserves)"
+        )
+    fits = math.floor(free / total * 100 - 1) / 100
+    if fits <= 0:
+        return (
+            f"only {free:g} of {total:g} GiB of RAM on node {node} are free: stop other "
+            "processes first (gpu-memory-utilization sets vLLM's share of RAM on the CPU backend)"
+        )
+    found.numbers["suggested_gpu_memory_utilization"] = fits
+    return (
+        f"only {free:g} of {total:g} GiB of RAM on node {node} are free: set "
+        f"gpu-memory-utilization to {fits:.2f} or lower (on the CPU backend it is the share of "
+        "RAM vLLM reserves) or stop other processes"
+    )
+
+
+def _cpu_kv_memory_hint(found: Found) -> str:
+    free, wanted = found.numbers.get("free_gib"), found.numbers.get("kv_requested_gib")
+    node = found.text("node", "0")
+    if free is None or wanted is None:
+        return "the CPU backend's KV cache does not fit in free RAM: lower VLLM_CPU_KVCACHE_SPACE"
+    return (
+        f"the KV cache wants {wanted:g} GiB but only {free:g} GiB of RAM on node {node} are "
+        f"free: set VLLM_CPU_KVCACHE_SPACE to {math.floor(free)} (GiB) or less, or stop other "
+        "processes"
+    )
+
+
+def _backend_buffer_hint(_found: Found) -> str:
+    return (
+        "the model does not fit in GPU plus host memory: use a smaller model or quantization, "
+        "lower num_ctx, or free RAM (stop other models)"
+    )
+
+
 def _max_len_hint(found: Found) -> str:
     derived = found.numbers.get("derived_max_model_len")
     return (
@@ -50,13 +98,38 @@ def _host_oom_hint(found: Found) -> str:
 
 
 _VLLM_OOM, _OLLAMA_OOM = (
-    "the GPU ran out of memory: lower gpu-memory-utilization, max-model-len or max-num-seqs, "
-    "and check that no other process holds GPU memory (llm-supervisor gpus)",
-    "the GPU ran out of memory: lower num_ctx or OLLAMA_NUM_PARALLEL, unload other models, "
-    "and check that no other process holds GPU memory (llm-supervisor gpus)",
+    "lower gpu-memory-utilization, max-model-len or max-num-seqs, and check that no other "
+    "process holds GPU memory (llm-supervisor gpus)",
+    "lower num_ctx or OLLAMA_NUM_PARALLEL, unload other models, and check that no other "
+    "process holds GPU memory (llm-supervisor gpus)",
 )
-_CUDA_OOM = by_engine(_VLLM_OOM, _OLLAMA_OOM)
-_GGML_OOM = by_engine(_VLLM_OOM, _OLLAMA_OOM, default="ollama")
+_CUDA_OOM_ADVICE = by_engine(_VLLM_OOM, _OLLAMA_OOM)
+_GGML_OOM_ADVICE = by_engine(_VLLM_OOM, _OLLAMA_OOM, default="ollama")
+
+
+def _oom_numbers(found: Found) -> str:
+    """What the allocator said it wanted and had, as a prefix for the advice."""
+    numbers = found.numbers
+    if "buffer_bytes" in numbers:
+        numbers["buffer_gib"] = round(numbers["buffer_bytes"] / 2**30, 3)
+    wanted = numbers.get("tried_alloc_gib", numbers.get("alloc_gib", numbers.get("buffer_gib")))
+    free, total = numbers.get("gpu_free_gib"), numbers.get("gpu_total_gib")
+    device = found.text("gpu") or found.text("device")
+    where = f"GPU {device}" if device else "the GPU"
+    if wanted is not None and free is not None and total:
+        asked = f"{free:g} of {total:g} GiB free, {wanted:g} GiB more asked"
+        return f"{where} ran out of memory ({asked}): "
+    if wanted is not None:
+        return f"{where} ran out of memory ({wanted:g} GiB could not be allocated): "
+    return "the GPU ran out of memory: "
+
+
+def _cuda_oom_hint(found: Found) -> str:
+    return _oom_numbers(found) + _CUDA_OOM_ADVICE(found)
+
+
+def _ggml_oom_hint(found: Found) -> str:
+    return _oom_numbers(found) + _GGML_OOM_ADVICE(found)
 
 
 MEMORY_RULES: tuple[Rule, ...] = (
@@ -66,10 +139,11 @@ MEMORY_RULES: tuple[Rule, ...] = (
         rx(
             r"To serve at least one request with the models?'s max seq len"
             r" \((?P<max_model_len>\d+)\)"
-            r",? \(?(?P<kv_needed_gib>[\d.]+) GiB KV cache is needed, which is larger than the"
-            r" available KV cache memory \((?P<kv_available_gib>[\d.]+) GiB\)\.?"
+            # A terminal may wrap the rest onto the next line; the length alone still counts.
+            r"(?:,? \(?(?P<kv_needed_gib>[\d.]+) GiB KV cache is needed, which is larger than"
+            r" the available KV cache memory \((?P<kv_available_gib>[\d.]+) GiB\)\.?"
             r"(?: Based on the available memory,? the estimated maximum model length is"
-            r" (?P<max_tokens_fit>\d+))?"
+            r" (?P<max_tokens_fit>\d+))?)?"
         ),
         _kv_hint,
         VLLM,
@@ -106,6 +180,28 @@ MEMORY_RULES: tuple[Rule, ...] = (
         _free_memory_hint,
         VLLM,
     ),
+    Rule(  # vLLM's CPU backend: gpu-memory-utilization is a share of the NUMA node's RAM
+        c.INSUFFICIENT_FREE_MEMORY,
+        ("less than desired cpu memory utilization",),
+        rx(
+            r"Available memory on node (?P<node>\d+) \((?P<free_gib>[\d.]+)/(?P<total_gib>[\d.]+)"
+            r" GiB\) on startup is less than desired CPU memory utilization"
+            r" \((?P<gpu_memory_utilization>[\d.]+), (?P<requested_gib>[\d.]+) GiB\)"
+        ),
+        _cpu_free_memory_hint,
+        VLLM,
+    ),
+    Rule(  # the CPU backend again, when the KV cache is sized after the weights are loaded
+        c.INSUFFICIENT_FREE_MEMORY,
+        ("less than requested memory for kv",),
+        rx(
+            r"Available memory on node (?P<node>\d+) \((?P<free_gib>[\d.]+)/(?P<total_gib>[\d.]+)"
+            r" GiB\) on kv cache allocation is less than requested memory for kv"
+            r" \((?P<kv_requested_gib>[\d.]+)/(?P<requested_gib>[\d.]+) GiB\)"
+        ),
+        _cpu_kv_memory_hint,
+        VLLM,
+    ),
     Rule(
         c.MAX_MODEL_LEN_TOO_LARGE,
         ("user-specified max_model_len",),
@@ -124,7 +220,7 @@ MEMORY_RULES: tuple[Rule, ...] = (
             r" GPU (?P<gpu>\d+) has a total capacity of (?P<gpu_total_gib__size>[\d.]+ [KMG]iB)"
             r" of which (?P<gpu_free_gib__size>[\d.]+ [KMG]iB) is free"
         ),
-        _CUDA_OOM,
+        _cuda_oom_hint,
     ),
     Rule(
         c.CUDA_OOM,
@@ -133,17 +229,26 @@ MEMORY_RULES: tuple[Rule, ...] = (
             r"OutOfMemoryError|CUDA error: out of memory|CUDA out of memory|HIP out of memory"
             r"|cudaErrorMemoryAllocation"
         ),
-        _CUDA_OOM,
+        _cuda_oom_hint,
     ),
     Rule(
         c.CUDA_OOM,
-        ("malloc failed", "to allocate cuda", "to allocate rocm", "out of device memory"),
+        (
+            "malloc failed",
+            "to allocate cuda",
+            "to allocate rocm",
+            "to allocate metal",
+            "out of device memory",
+        ),
         rx(
             # llama.cpp's allocator, as Ollama's runner prints it
-            r"cudaMalloc failed|hipMalloc failed|out of device memory"
-            r"|(?:unable|failed) to allocate (?:CUDA|ROCm)\d* buffer"
+            r"allocating (?P<alloc_gib__size>[\d.]+ [KMG]iB) on device (?P<device>\d+):"
+            r" (?:cuda|hip)Malloc failed"
+            r"|cudaMalloc failed|hipMalloc failed|out of device memory"
+            r"|(?:unable|failed) to allocate (?:CUDA|ROCm|Metal)\d* buffer"
+            r"(?: of size (?P<buffer_bytes>\d+))?"
         ),
-        _GGML_OOM,
+        _ggml_oom_hint,
     ),
     Rule(
         c.HOST_OOM,
@@ -153,6 +258,13 @@ MEMORY_RULES: tuple[Rule, ...] = (
             r" than is available \((?P<available_gib__size>[\d.]+ ?[KMGT]?i?B)\)"
         ),
         _host_oom_hint,
+    ),
+    Rule(  # llama.cpp could place the weights neither on the GPU nor in RAM (Ollama #5958)
+        c.HOST_OOM,
+        ("unable to allocate backend buffer",),
+        rx(r"unable to allocate backend buffer"),
+        _backend_buffer_hint,
+        OLLAMA,
     ),
     Rule(
         c.HOST_OOM,

@@ -17,6 +17,17 @@ HintFn = Callable[["Found"], str]
 VLLM = frozenset({"vllm"})
 OLLAMA = frozenset({"ollama"})
 
+# How a matching line relates to the failure. Any ROOT line outranks any CONTEXT line, which
+# outranks any WRAPPER line, wherever each sits in the tail; within a tier the cause's place
+# in CAUSES decides.
+ROOT = 0  # names what went wrong ("CUDA out of memory", "Address already in use")
+# Not a failure on its own but the likely reason for one that follows, e.g. Ollama's
+# "CUDA GPU is too old. Falling back to CPU mode" (it keeps running, slowly or out of RAM).
+CONTEXT = 1
+# Says only that something died ("Engine core initialization failed. See root cause above",
+# "llama runner process has terminated"); the cause, if printed, is elsewhere.
+WRAPPER = 2
+
 _UNITS_GIB = {"": 1 / 2**30, "B": 1 / 2**30, "K": 1 / 2**20, "M": 1 / 2**10, "G": 1.0, "T": 2**10}
 _SIZE = re.compile(r"([\d.]+)\s*([KMGT]?)i?B?", re.IGNORECASE)
 # Group names ending in this suffix hold "12.5 MiB"-style sizes; they become ``<name>`` in GiB.
@@ -64,7 +75,8 @@ class Rule:
     """A message that names a failure's cause.
 
     ``needles`` are lower-case substrings of which one must occur in the line before the
-    regex runs (a cheap filter: the daemon classifies up to 64 KiB per exit).
+    regex runs (a cheap filter: the daemon classifies up to 64 KiB per exit). ``tier`` is
+    ROOT, CONTEXT or WRAPPER (see above).
     """
 
     cause: str
@@ -73,11 +85,12 @@ class Rule:
     hint: HintFn
     engines: frozenset[str] | None = None
     exclude: re.Pattern[str] | None = None
+    tier: int = ROOT
 
     @property
-    def priority(self) -> int:
-        """Lower is more specific; causes are listed most specific first in CAUSES."""
-        return CAUSES.index(self.cause)
+    def priority(self) -> tuple[int, int]:
+        """Lower wins: root causes before context before wrappers, then CAUSES' order."""
+        return (self.tier, CAUSES.index(self.cause))
 
     def applies_to(self, engine: str | None) -> bool:
         return engine is None or self.engines is None or engine in self.engines

@@ -19,10 +19,12 @@ import asyncio
 import contextlib
 import os
 import shutil
+import time
 from pathlib import Path
 
 from ..logsetup import get_logger
-from .output import CHUNK, LogLine, OutputRing, decode, emit_lines
+from .logline import LogLine
+from .output import CHUNK, OutputRing, decode, emit_lines
 
 log = get_logger(__name__)
 
@@ -103,7 +105,7 @@ class LogFollower:
                 await task
         await self.drain()
         if self._pending:
-            self.ring.append(LogLine.now(decode(self._pending)))
+            self.ring.append(LogLine(time.time(), "out", decode(self._pending)))
             self._pending = b""
         if self._fd is not None:
             os.close(self._fd)

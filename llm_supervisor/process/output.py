@@ -11,36 +11,15 @@ import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict, dataclass
-from typing import Any
 
 from ..logsetup import get_logger
+from .logline import LogLine
 
 log = get_logger(__name__)
 
 CHUNK = 64 * 1024
 _LINE_END = re.compile(rb"[\r\n]")
 MAX_LINE = 16 * 1024  # longer lines are cut in the ring (the file keeps them whole)
-
-
-@dataclass(frozen=True)
-class LogLine:
-    """One line of a service's output; ``ts`` is a Unix timestamp."""
-
-    ts: float
-    stream: str
-    text: str
-
-    @classmethod
-    def now(cls, text: str, stream: str = "out") -> LogLine:
-        return cls(time.time(), stream, text)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> LogLine:
-        return cls(float(data["ts"]), str(data.get("stream", "out")), str(data["text"]))
 
 
 class OutputRing:

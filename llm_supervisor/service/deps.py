@@ -29,6 +29,16 @@ async def no_gate(_: Service) -> AsyncIterator[None]:
 StateListener = Callable[["Service", "State", "State", str], object]
 
 
+@dataclass(frozen=True)
+class GpuHooks:
+    """What a service asks of GPU placement (gpu/placement.py implements both)."""
+
+    # CUDA_VISIBLE_DEVICES for the engine, None when the service has no GPU
+    cuda_devices: Callable[[ServiceConfig], str | None] = lambda svc: None
+    # Awaited after a tree is gone, before the next start (GPU memory really released).
+    wait_released: Callable[[Service, list[int]], Awaitable[None]] | None = None
+
+
 @dataclass
 class ServiceDeps:
     http: Prober

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +11,10 @@ from ..config.models import Config, ServiceConfig
 from ..engines.base import Prober, make_prober
 from ..errors import UnknownServiceError
 from ..logsetup import get_logger
-from ..process.output import LogLine
+from ..process.logline import LogLine
 from ..process.registry import GroupRegistry
 from ..process.tree import find_marked_async, kill_refs
-from .deps import ServiceDeps, StateListener
+from .deps import GpuHooks, ServiceDeps, StateListener
 from .gate import StartGate
 from .service import Service
 from .starts import StartHistory
@@ -31,7 +31,8 @@ class Manager:
         log_dir: Path | None,
         http: Prober | None = None,
         gate: StartGate | None = None,
-        deps_overrides: dict[str, Any] | None = None,
+        gpu_hooks: GpuHooks | None = None,
+        listeners: Sequence[StateListener] = (),
         start_history: StartHistory | None = None,
     ) -> None:
         self.config = config
@@ -39,9 +40,9 @@ class Manager:
         self.log_dir = log_dir
         self.http = http or make_prober()  # one session: aiohttp keys its pool by host:port
         self.gate = gate or StartGate()
-        self.listeners: list[StateListener] = []
+        self.listeners: list[StateListener] = list(listeners)  # told of every state change
+        self.gpu_hooks = gpu_hooks or GpuHooks()
         self.start_history = start_history or StartHistory(None)
-        self._deps_overrides = deps_overrides or {}
         self.services: dict[str, Service] = {}
         for svc in config.services.values():
             self._add(svc)
@@ -56,10 +57,10 @@ class Manager:
             policy=lambda: self.config.policy,
             start_gate=self.gate.starting,
             listeners=self.listeners,
+            cuda_devices=self.gpu_hooks.cuda_devices,
+            wait_released=self.gpu_hooks.wait_released,
             start_history=self.start_history,
         )
-        for key, value in self._deps_overrides.items():
-            setattr(deps, key, value)
         return deps
 
     def _add(self, svc: ServiceConfig) -> Service:

@@ -24,7 +24,8 @@ from ..errors import PortInUseError, StartFailedError
 from ..logsetup import get_logger
 from ..process.child import ChildProcess, ExitStatus
 from ..process.environment import clean_child_env
-from ..process.output import LogLine, OutputRing
+from ..process.logline import LogLine
+from ..process.output import OutputRing
 from ..process.ports import port_owner
 from ..process.registry import recorded_root, recorded_tree
 from .backoff import decide_restart

@@ -8,12 +8,17 @@ line to followers; ``set_state`` and ``reject_next_reload`` steer the rest.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
-from llm_supervisor.control.backend import LogLine
+import httpx
+
+from llm_supervisor.control.backend import ControlBackend, LogLine
+from llm_supervisor.control.server import ControlServer
 from llm_supervisor.errors import StartFailedError, UnknownServiceError
 
 GIB = 1024**3
@@ -188,3 +193,28 @@ class FakeControlBackend:
                 yield await queue.get()
         finally:
             self.followers[name].remove(queue)
+
+
+@contextlib.asynccontextmanager
+async def served(
+    backend: ControlBackend, sock: Path, *, token: str | None = None, host: str = "control"
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The real control server on the Unix socket ``sock``, and a client for it.
+
+    ``token``: the server requires it (written to a file next to the socket); ``host``: the
+    name the client puts in its Host header (and cookies are kept for).
+    """
+    token_file = None
+    if token is not None:
+        token_file = sock.with_name("token")
+        token_file.write_text(token)
+    server = ControlServer(backend, f"unix:{sock}", token_file=token_file)
+    await server.start()
+    transport = httpx.AsyncHTTPTransport(uds=str(sock))
+    try:
+        async with httpx.AsyncClient(
+            transport=transport, base_url=f"http://{host}", timeout=5
+        ) as client:
+            yield client
+    finally:
+        await server.shutdown()
