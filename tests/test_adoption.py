@@ -137,6 +137,12 @@ def test_kill_9_then_a_new_daemon_adopts_every_engine_without_a_restart(
         assert "exit code unknown" in last_exit["message"]
         assert status["services"]["m0"]["restarts"] == 1
 
+        # `systemctl stop`: the daemon's shutdown stops adopted engines like its own.
+        engines = [ref for ref in find_marked(second.marker_prefix, prefix=True)]
+        second.signal(signal.SIGTERM)
+        assert second.proc.wait(30) == 0
+        assert not [ref.pid for ref in engines if ref.alive()]
+
 
 def test_go_like_fake_engine_dies_of_sigpipe_when_its_reader_is_gone() -> None:
     """The fake is faithful: what a pipe to a dead daemon would do to Ollama."""
@@ -223,6 +229,7 @@ def test_upgrade_keeps_engines_sockets_and_output_under_load(
         assert hammer.failures == [], hammer.failures[:5]
         after = daemon.status()
         assert after["version"] == "9.9.9-test"
+        assert after["daemon"]["uptime"] > before["daemon"]["uptime"], "the same daemon"
         assert after["daemon"]["pid"] == before["daemon"]["pid"] == daemon.proc.pid
         assert after["daemon"]["generation"] == 1
         assert {name: s["pid"] for name, s in after["services"].items()} == pids
@@ -297,3 +304,21 @@ async def test_fingerprint_follows_the_spec_not_the_daemons_own_environment(
         fake_service("a", port=free_port()),
     ):
         assert manager_factory(changed).services["a"].fingerprint() != fingerprint
+
+
+def test_upgrade_during_a_load_lets_the_same_engine_finish_loading(
+    tmp_path: Path, state_dir: Path
+) -> None:
+    services = {"slow": fake_vllm(free_port(), "slow", "--loading-lines", "--startup-delay", "4")}
+    write_atomic(tmp_path / "cpu.yaml", profile_text(services))
+    with run_daemon(tmp_path, state_dir=state_dir, wait_ready=False) as daemon:
+        pid = daemon.wait_status(lambda st: st["services"]["slow"]["pid"], 20, "spawned")[
+            "services"
+        ]["slow"]["pid"]
+        done = daemon.cli("upgrade", timeout=120)  # does not wait for loads under way
+        assert done.returncode == 0, done.stderr
+        assert daemon.services()["slow"]["pid"] == pid
+        daemon.wait_ready(["slow"])
+        svc = daemon.services()["slow"]
+        assert (svc["state"], svc["pid"], svc["restarts"]) == ("ready", pid, 0)
+        assert [e["service"] for e in daemon.events("service.spawned")] == ["slow"]

@@ -142,7 +142,8 @@ class ControlServer:
         )
         await runner.setup()
         try:
-            await web.SockSite(runner, sock).start()
+            # A large backlog: connections wait there while an upgrade execs the daemon.
+            await web.SockSite(runner, sock, backlog=1024).start()
         except BaseException:
             sock.close()
             await runner.cleanup()

@@ -78,8 +78,11 @@ class Daemon:
             options.config_dir, options.gateway, generation=self.handover.generation,
             previous_version=self.handover.previous_version,
         )  # fmt: skip
-        if self.handover.started_at is not None:  # the same daemon, as far as anyone can tell
-            self.facts = replace(self.facts, started_at=self.handover.started_at)
+        if self.handover.started_at and self.handover.started_monotonic:  # the same daemon
+            self.facts = replace(
+                self.facts, started_at=self.handover.started_at,
+                started_monotonic=self.handover.started_monotonic,
+            )  # fmt: skip
         self.gateway: Gateway | None = None
         self.reloader: Reloader | None = None
         self._stop = asyncio.Event()
@@ -154,7 +157,8 @@ class Daemon:
         if self.upgrading_to is not None:
             log.info("daemon.exec", version=__version__, to=self.upgrading_to)
             self.listeners.hand_over(os.environ)
-            exec_self(os.environ, self.handover, self.facts.started_at, self._held)
+            started = (self.facts.started_at, self.facts.started_monotonic)
+            exec_self(os.environ, self.handover, started, self._held)
         self.listeners.close()
         log.info("daemon.stopped")
         return 0

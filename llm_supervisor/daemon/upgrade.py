@@ -50,6 +50,8 @@ class Handover:
     generation: int = 0  # how many upgrades this PID has been through
     started_at: float | None = None  # when the first program of this PID started
     held: tuple[str, ...] = ()  # boot services down on purpose: not to be started
+    # CLOCK_MONOTONIC is system-wide, so the daemon's uptime survives the exec too.
+    started_monotonic: float | None = None
 
     @classmethod
     def take(cls, environ: MutableMapping[str, str]) -> Handover:
@@ -58,15 +60,15 @@ class Handover:
             data = json.loads(raw) if raw else {}
             return cls(
                 data.get("from"), int(data.get("generation", 0)), data.get("started_at"),
-                tuple(str(name) for name in data.get("held", ())),
+                tuple(str(name) for name in data.get("held", ())), data.get("started_monotonic"),
             )  # fmt: skip
         except (ValueError, TypeError, AttributeError):
             return cls()
 
-    def next(self, started_at: float, held: list[str]) -> str:
+    def next(self, started: tuple[float, float], held: list[str]) -> str:
         return json.dumps({
-            "from": __version__, "generation": self.generation + 1, "started_at": started_at,
-            "held": held,
+            "from": __version__, "generation": self.generation + 1, "started_at": started[0],
+            "started_monotonic": started[1], "held": held,
         })  # fmt: skip
 
 
@@ -94,10 +96,14 @@ async def precheck(config_dir: Path, timeout: float = PRECHECK_TIMEOUT) -> str:
 
 
 def exec_self(
-    environ: MutableMapping[str, str], handover: Handover, started_at: float, held: list[str]
+    environ: MutableMapping[str, str],
+    handover: Handover,
+    started: tuple[float, float],
+    held: list[str],
 ) -> NoReturn:
-    """Replace this program with the installed one: same PID, same argv."""
-    environ[UPGRADE_ENV] = handover.next(started_at, held)
+    """Replace this program with the installed one: same PID, same argv. ``started``: when
+    the daemon first started (wall clock, CLOCK_MONOTONIC)."""
+    environ[UPGRADE_ENV] = handover.next(started, held)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, sys.orig_argv, dict(environ))

@@ -41,6 +41,7 @@ log = get_logger(__name__)
 FALLBACK_HEADER = "X-LLM-Supervisor-Fallback"
 
 GRACEFUL_SHUTDOWN = 5.0  # open streams get this long to finish when the gateway stops
+ACCEPTED_GRACE = 0.1  # seconds for just-accepted connections to send their request
 BACKLOG = 1024  # create_server calls listen() again: keep room for clients during an upgrade
 
 
@@ -283,6 +284,11 @@ class Gateway:
         finally:
             # Ordered: stop accepting and let open requests finish (bounded), then stop the
             # loops that may still talk to engines, then close the engine connections.
+            for site in list(runner.sites):
+                await site.stop()
+            # A client accepted a moment ago may not have sent its request yet; aiohttp
+            # would close its connection as idle (a failed request during an upgrade).
+            await asyncio.sleep(ACCEPTED_GRACE)
             await runner.cleanup()
             if loop_task is not None:
                 loop_task.cancel()
