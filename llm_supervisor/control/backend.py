@@ -6,7 +6,9 @@ works (the families are then empty or fall back to totals)::
 
     {"version": "0.1.0",
      "daemon": {"pid": 1, "uptime": 12.3, "config_dir": "...", "started_at": 1700000000.0,
-                "orphans_killed": 0},                                     # metrics
+                "orphans_killed": 0,                                      # metrics
+                "engines_adopted": 3, "ready": true,   # engines taken over at start; READY=1
+                "generation": 1, "previous_version": "0.1.0"},  # upgrades in place so far
      "services": {NAME: {
          "engine": "vllm", "gpu": [0], "state": "ready", "pid": 123, "pids": [123, 124],
          "restarts": 2, "uptime": 55.1, "port": 8001, "start": "boot", "reason": "...",
