@@ -158,7 +158,11 @@ class Daemon:
             log.info("daemon.exec", version=__version__, to=self.upgrading_to)
             self.listeners.hand_over(os.environ)
             started = (self.facts.started_at, self.facts.started_monotonic)
-            exec_self(os.environ, self.handover, started, self._held)
+            try:
+                exec_self(os.environ, self.handover, started, self._held)
+            except OSError as exc:  # the engines run on; a restarted daemon adopts them
+                log.error("daemon.exec_failed", error=str(exc))
+                return 1
         self.listeners.close()
         log.info("daemon.stopped")
         return 0
@@ -319,6 +323,12 @@ class Daemon:
         """Check that the installed code starts, then re-execute into it (after answering)."""
         if self.upgrading_to is not None or self._stop.is_set():
             raise UpgradeError("an upgrade or a shutdown is already under way")
+        unwritable = self.registry.writable()
+        if unwritable is not None:
+            raise UpgradeError(
+                f"cannot record the engines in the state dir ({unwritable}): the new program "
+                "could not adopt them; the running daemon is unchanged"
+            )
         if self._upgrade_check is None or self._upgrade_check.done():
             self._upgrade_check = asyncio.create_task(
                 precheck(self.options.config_dir, self.options.upgrade_timeout)

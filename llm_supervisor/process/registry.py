@@ -97,6 +97,21 @@ class GroupRegistry:
         }  # fmt: skip
         self._write(self.dir / f"{service}.json", json.dumps(payload))
 
+    def writable(self) -> str | None:
+        """None if records can be written now, else why not (an upgrade needs them: without
+        them the next program would take its own engines for orphans)."""
+        probe = self.dir / ".probe"
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            with probe.open("w") as fh:
+                fh.write("probe")
+                fh.flush()
+                os.fsync(fh.fileno())
+            probe.unlink()
+        except OSError as exc:
+            return f"{self.dir}: {exc.strerror or exc}"
+        return None
+
     def forget(self, service: str) -> None:
         try:
             (self.dir / f"{service}.json").unlink(missing_ok=True)

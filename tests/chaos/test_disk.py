@@ -108,3 +108,7 @@ def test_read_only_state_dir_is_reported_and_supervision_goes_on(tmp_path: Path,
             assert daemon.events("state.lock_failed")
         assert daemon.pids()[bystander] == pids[bystander]
         assert daemon.services()[bystander]["restarts"] == 0
+        # Without records the next program would take its own engines for orphans.
+        refused = daemon.cli("upgrade", timeout=60)
+        assert refused.returncode == 1 and "cannot record the engines" in refused.stderr
+        assert daemon.pids()[bystander] == pids[bystander]
