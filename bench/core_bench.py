@@ -67,7 +67,7 @@ def write_config(config_dir: Path, python: str, startup_delay: float) -> None:
     command = [python, "-c", WRAPPER, str(FAKE_ENGINE), "--startup-delay", str(startup_delay)]
     service = {
         "engine": "vllm", "model": "bench", "port": free_port(), "command": command,
-        "health": {"interval": 5, "startup_timeout": 30, "stable_after": 0.05},
+        "health": {"interval": 5, "timeout": 2, "startup_timeout": 30, "stable_after": 0.05},
         # Every kill is the first failure of a run that was ready: restart at once, never fatal.
         "restart": {"max_failures": 100000, "window": 1, "backoff_initial": 0.05},
         "stop_timeout": 2,

@@ -5,20 +5,17 @@ passes the level filter into one process-wide ring of the last ``RING_SIZE`` eve
 it to live subscribers; then the event goes on to the renderer unchanged. Events get a
 sequence number, so a client that reconnects (SSE ``Last-Event-ID``) asks for what it missed.
 
-Events may be logged from worker threads (NVML calls run in ``to_thread``), so the ring is
-guarded by a lock and subscribers are fed through their own loop's ``call_soon_threadsafe``.
+Events may be logged from worker threads (NVML calls run in ``to_thread``); the ring
+(``ring.Ring``, the same one behind a service's output) is safe for that.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import threading
 import time
-from collections import deque
 from collections.abc import MutableMapping
-from dataclasses import dataclass
 from typing import Any
+
+from .ring import Ring
 
 RING_SIZE = 500
 SUBSCRIBER_QUEUE = 1000
@@ -42,88 +39,30 @@ def _plain(value: Any) -> Any:
     return str(value)[:MAX_VALUE_CHARS]
 
 
-@dataclass(eq=False)
-class _Subscriber:
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue[Event]
-
-    def offer(self, event: Event) -> None:
-        """Runs in the subscriber's loop. A reader that cannot keep up loses the oldest."""
-        if self.queue.full():
-            with contextlib.suppress(asyncio.QueueEmpty):
-                self.queue.get_nowait()
-        self.queue.put_nowait(event)
-
-
-class EventRing:
-    """The last ``size`` events plus subscribers that receive new ones as they come."""
+class EventRing(Ring[Event]):
+    """The last ``size`` events plus followers that receive new ones as they come."""
 
     def __init__(self, size: int = RING_SIZE) -> None:
-        self._events: deque[Event] = deque(maxlen=size)
-        self._subscribers: set[_Subscriber] = set()
-        self._lock = threading.Lock()
+        super().__init__(size, SUBSCRIBER_QUEUE)
         self._seq = 0
 
     def record(self, fields: MutableMapping[str, Any]) -> Event:
         event = {k: _plain(v) for k, v in fields.items() if k not in _DROP}
-        with self._lock:
+        with self._lock:  # numbered and appended in one hold: seq order is ring order
             self._seq += 1
             event["seq"] = self._seq
             event.setdefault("time", time.time())
-            self._events.append(event)
-            subscribers = list(self._subscribers)
-        for sub in subscribers:
-            with contextlib.suppress(RuntimeError):  # that loop is closed: it is leaving
-                sub.loop.call_soon_threadsafe(sub.offer, event)
+            self.append(event)
         return event
 
     def tail(self, limit: int = RING_SIZE, after: int = 0) -> list[Event]:
         """Events with ``seq > after``, oldest first, at most the last ``limit`` of them."""
-        with self._lock:
-            found = [e for e in self._events if e["seq"] > after]
+        found = [e for e in self.items() if e["seq"] > after]
         return found[-limit:] if limit > 0 else []
 
     @property
     def last_seq(self) -> int:
         return self._seq
-
-    def follow(self) -> EventFollow:
-        """New events until closed. Subscribes now, at the call (not at the first read), so
-        nothing is lost between ``tail()`` and the first ``__anext__``."""
-        sub = _Subscriber(asyncio.get_running_loop(), asyncio.Queue(SUBSCRIBER_QUEUE))
-        with self._lock:
-            self._subscribers.add(sub)
-        return EventFollow(self, sub)
-
-    def _unsubscribe(self, sub: _Subscriber) -> None:
-        with self._lock:
-            self._subscribers.discard(sub)
-
-    def subscriber_count(self) -> int:
-        with self._lock:
-            return len(self._subscribers)
-
-    def clear(self) -> None:
-        """For tests."""
-        with self._lock:
-            self._events.clear()
-
-
-class EventFollow:
-    """An async iterator of new events; ``aclose()`` unsubscribes (also if never read)."""
-
-    def __init__(self, ring: EventRing, sub: _Subscriber) -> None:
-        self._ring = ring
-        self._sub = sub
-
-    def __aiter__(self) -> EventFollow:
-        return self
-
-    async def __anext__(self) -> Event:
-        return await self._sub.queue.get()
-
-    async def aclose(self) -> None:
-        self._ring._unsubscribe(self._sub)
 
 
 EVENTS = EventRing()

@@ -29,7 +29,7 @@ def fake_service(name: str, *flags: str, engine: str = "vllm", **spec: Any) -> S
     command = [sys.executable, FAKE_ENGINE, "--mode", mode, *flags]
     if engine == "ollama":
         command += ["--port", str(port)]
-    health = {"interval": 0.2, "timeout": 1.0, "failures": 2, "startup_timeout": 10.0}
+    health = {"interval": 0.6, "timeout": 0.5, "failures": 2, "startup_timeout": 10.0}
     health.update(spec.pop("health", {}))
     restart = {"backoff_initial": 0.05, "backoff_max": 0.2, "max_failures": 5, "window": 60}
     restart.update(spec.pop("restart", {}))

@@ -75,7 +75,7 @@ def read_events(path: Path, name: str | None = None) -> list[dict[str, Any]]:
 
 
 def fast_health(**overrides: Any) -> dict[str, Any]:
-    return {"interval": 0.2, "timeout": 1.0, "failures": 2, "startup_timeout": 15.0, **overrides}
+    return {"interval": 0.6, "timeout": 0.5, "failures": 2, "startup_timeout": 15.0, **overrides}
 
 
 def fake_vllm(port: int, model: str, *flags: str, **spec: Any) -> dict[str, Any]:

@@ -102,7 +102,8 @@ def test_kill_9_then_a_new_daemon_adopts_every_engine_without_a_restart(
     # While no daemon runs, the engines keep serving and keep writing their logs: a pipe
     # would have killed these Go-like engines with SIGPIPE on their next line.
     assert chat(before["m1"]["port"], "model-1") == 200
-    wait_until(lambda: "request POST /v1/chat" in (logs / "m1.log").read_text(), 5, "m1 logs it")
+    spool = state_dir / "spool" / "m1.out"  # the engine's output, read by no one right now
+    wait_until(lambda: b"request POST /v1/chat" in spool.read_bytes(), 5, "m1 logs it")
     time.sleep(0.5)  # heartbeats keep coming while nobody reads
     assert all(psutil.pid_exists(pid) for pid in pids.values())
 
@@ -124,6 +125,8 @@ def test_kill_9_then_a_new_daemon_adopts_every_engine_without_a_restart(
         assert any(t.startswith("request POST /v1/chat") for t in text), text[-5:]
         late = [float(t.split(" at ")[1]) for t in text if t.startswith("heartbeat")]
         assert any(killed_at < ts < killed_at + 0.5 for ts in late), "lines from the gap"
+        # … and so does the log file, which only the daemon writes.
+        wait_until(lambda: "request POST /v1/chat" in (logs / "m1.log").read_text(), 5, "m1.log")
 
         # An adopted engine is no child of ours: its exit is seen (pidfd), its code is not.
         os.kill(pids["m0"], signal.SIGKILL)

@@ -68,8 +68,8 @@ CASES: dict[str, Case] = {
         "gpu0.yaml", 6, "services.a.port", "expected an integer, got 'eighty'",
     ),
     "wrong_type_vllm_arg": Case(
-        {"gpu0.yaml": VLLM + "    args:\n      max-model-len: 8k\n"},
-        "gpu0.yaml", 8, "services.a.args.max-model-len", "expected an integer, got '8k'",
+        {"gpu0.yaml": VLLM + "    args:\n      max-model-len: 8kb\n"},
+        "gpu0.yaml", 8, "services.a.args.max-model-len", "expected a positive integer",
     ),
     "wrong_type_models_not_a_list": Case(
         {"gpu0.yaml": OLLAMA.replace("[big]", "big")},
@@ -421,6 +421,26 @@ def test_subprocess_check_accepts_shipped_profiles() -> None:
     profiles = Path(__file__).resolve().parent.parent / "profiles"
     result = run_cli("check", "--config-dir", str(profiles))
     assert result.returncode == 0, result.stderr
-    # No warnings; at most the note that this machine has no GPU telemetry.
-    assert [ln for ln in result.stderr.splitlines() if not ln.startswith("note:")] == []
+    # No warnings, and no note about GPU telemetry unless asked (--verbose).
+    assert result.stderr == ""
     assert "ok (2 services)" in result.stdout
+
+
+def test_pins_and_focus_name_models_the_way_ollama_does(tmp_path: Path) -> None:
+    """``llama3.2``, ``Llama3.2`` and ``llama3.2:latest`` are one model: no 'not offered'."""
+    profile = OLLAMA.replace("[big]", "[llama3.2:latest, big:1]")
+    policy = "pin: [Llama3.2]\nfocus: [llama3.2, 'big:1']\n"
+    write_dir(tmp_path, {"gpu1.yaml": profile, "policy.yaml": policy})
+    _, warnings = load_config(tmp_path)
+    assert [w.format() for w in warnings] == []
+
+
+def test_check_says_why_gpu_facts_were_not_checked_only_when_verbose(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config_dir = write_dir(tmp_path / "conf", {"gpu0.yaml": VLLM})
+    assert main(["check", "--no-gpus", "--config-dir", str(config_dir)]) == 0
+    assert capsys.readouterr().err == ""
+    assert main(["check", "--no-gpus", "-v", "--config-dir", str(config_dir)]) == 0
+    err = capsys.readouterr().err
+    assert "note: not asked (--no-gpus); GPU existence and memory budgets not checked" in err

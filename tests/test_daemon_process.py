@@ -40,7 +40,7 @@ def engine(*flags: str, **spec: Any) -> dict[str, Any]:
     data: dict[str, Any] = {
         "engine": "vllm", "port": free_port(),
         "command": [sys.executable, FAKE_ENGINE, *flags],
-        "health": {"interval": 0.5, "timeout": 1.0, "startup_timeout": 20},
+        "health": {"interval": 0.6, "timeout": 0.5, "startup_timeout": 20},
         "restart": {"backoff_initial": 0.05, "backoff_max": 0.2},
         "stop_timeout": 1.0,
     }  # fmt: skip

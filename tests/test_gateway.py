@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +24,7 @@ from structlog.testing import capture_logs
 from llm_supervisor.config.models import Config
 from llm_supervisor.errors import StartFailedError
 from llm_supervisor.gateway.app import Gateway
+from llm_supervisor.service.usage import Usage
 from tests.daemon_harness import free_port
 from tests.fakes.fake_ollama import FakeOllama, ManualClock
 from tests.fakes.fake_openai import FakeOpenAI
@@ -47,12 +50,16 @@ async def serving(app: Any) -> AsyncIterator[int]:
 
 @dataclass
 class StubBackend:
-    """Records what the gateway asks; 'starting' a service just takes start_delay."""
+    """Records what the gateway asks; 'starting' a service just takes start_delay. Use is
+    kept the way a Service keeps it (leases, last use on ``clock``), minus the processes."""
 
     cfg: Config
+    clock: Callable[[], float] = time.time
     start_delay: float = 0.0
     calls: list[tuple[str, str]] = field(default_factory=list)
     running: set[str] = field(default_factory=set)
+    in_flight: Counter[str] = field(default_factory=Counter)
+    last_used: dict[str, float] = field(default_factory=dict)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     def config(self) -> Config:
@@ -65,12 +72,35 @@ class StubBackend:
                 await asyncio.sleep(self.start_delay)
                 self.running.add(service)
 
-    async def stop_idle(self, service: str) -> None:
+    @contextlib.contextmanager
+    def lease(self, service: str) -> Iterator[None]:
+        self.in_flight[service] += 1
+        self.last_used[service] = self.clock()
+        try:
+            yield
+        finally:
+            self.in_flight[service] -= 1
+            self.last_used[service] = self.clock()
+
+    async def stop_if_idle(self, service: str, idle_for: float) -> bool:
+        last = self.last_used.get(service)
+        if service not in self.running or self.in_flight[service] or last is None:
+            return False
+        if self.clock() - last < idle_for:
+            return False
         self.calls.append(("stop_idle", service))
         self.running.discard(service)
+        return True
 
-    def note_request(self, service: str) -> None:
-        pass
+    def usage(self, service: str) -> Usage:
+        running = service in self.running
+        idle = running and not self.in_flight[service]
+        return Usage(
+            in_flight=self.in_flight[service],
+            last_request=self.last_used.get(service),
+            idle_since=self.last_used.get(service) if idle else None,
+            stopped_idle=not running and ("stop_idle", service) in self.calls,
+        )
 
     def eta(self, service: str) -> float | None:
         return 0.0 if service in self.running else None
@@ -139,7 +169,7 @@ async def rig_factory() -> AsyncIterator[RigFactory]:
         vllm = FakeOpenAI("qwen3-8b", chunk_delay=chunk_delay)
         ollama_port = await stack.enter_async_context(serving(fake.app))
         vllm_port = await stack.enter_async_context(serving(vllm.app))
-        backend = StubBackend(make_config(ollama_port, vllm_port, **policy))
+        backend = StubBackend(make_config(ollama_port, vllm_port, **policy), clock=clock.now)
         gw = Gateway(backend, clock=clock.now)
         ready = asyncio.Event()
         task = asyncio.create_task(gw.serve("127.0.0.1", 0, ready, loops=False))
@@ -256,13 +286,21 @@ async def test_v1_models_lists_everything_and_unknown_is_openai_404(
     assert err.value.code == "model_not_found" and "nope" in err.value.message
 
 
-async def test_host_header_is_rewritten_for_ollama(rig_factory: RigFactory) -> None:
+async def test_host_header_is_checked_like_ollama_and_rewritten(rig_factory: RigFactory) -> None:
+    # On loopback the gateway refuses what Ollama refuses (DNS rebinding), and a Host that
+    # Ollama accepts from the gateway's client reaches it as 127.0.0.1:port.
     rig = await rig_factory()
-    headers = {"Host": "gpu.example.org"}
     async with httpx.AsyncClient() as client:
-        direct = await client.get(rig.ollama_url + "/api/version", headers=headers)
-        through = await client.get(rig.url + "/api/version", headers=headers)
-    assert (direct.status_code, through.status_code) == (403, 200)
+        for host, expected in (
+            ("gpu.example.org", 403),
+            ("evil.example:11434", 403),
+            ("localhost:11434", 200),
+            ("box.local", 200),
+            ("[::1]", 200),
+        ):
+            direct = await client.get(rig.ollama_url + "/api/version", headers={"Host": host})
+            through = await client.get(rig.url + "/api/version", headers={"Host": host})
+            assert (direct.status_code, through.status_code) == (expected, expected), host
 
 
 async def test_expect_100_continue_is_answered_by_the_gateway(rig_factory: RigFactory) -> None:
@@ -271,7 +309,7 @@ async def test_expect_100_continue_is_answered_by_the_gateway(rig_factory: RigFa
     reader, writer = await asyncio.open_connection("127.0.0.1", rig.gw.port)
     try:
         writer.write(
-            b"POST /api/generate HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"
             b"Content-Length: %d\r\n\r\n" % len(body)
         )
         # The client holds the body back until told to go on (curl waits 1 s otherwise).

@@ -17,7 +17,6 @@ from llm_supervisor.gpu.admission import (
     Refuse,
     decide_admission,
     describe_holders,
-    memory_released,
     need_for,
 )
 from llm_supervisor.gpu.attribution import (
@@ -152,33 +151,8 @@ async def test_evict_then_recheck_admits_with_the_fake_backend() -> None:
     assert first == Evict(("old",), 50 * GIB)
     backend.devices[0].processes = [(11, 5 * GIB)]  # the manager stopped "old"
     snap = await mon.snapshot()
-    assert memory_released({10}, snap)
     second = decide_admission(40 * GIB, snap.devices[0], candidates[1:], True)
     assert second == Admit()
-
-
-# --- memory_released --------------------------------------------------------------------
-
-
-def snap_with(*procs: tuple[int, int], free_gib: float = 10) -> GpuSnapshot:
-    return GpuSnapshot(0.0, (device(free_gib, procs=procs),))
-
-
-@pytest.mark.parametrize(
-    ("before", "snap", "ref", "need", "released"),
-    [
-        ({1, 2}, snap_with((3, GIB)), None, None, True),
-        ({1, 2}, snap_with((2, GIB)), None, None, False),
-        ({2}, snap_with((2, GIB), free_gib=50), 0, 40 * GIB, True),  # memory is back
-        ({2}, snap_with((2, GIB), free_gib=30), 0, 40 * GIB, False),
-        ({2}, snap_with((2, GIB), free_gib=50), 7, 40 * GIB, False),  # unknown device
-        ({2}, GpuSnapshot.unavailable(0.0, "no driver"), None, None, True),
-    ],
-)
-def test_memory_released(
-    before: set[int], snap: GpuSnapshot, ref: int | None, need: int | None, released: bool
-) -> None:
-    assert memory_released(before, snap, ref, need) is released
 
 
 # --- attribution ------------------------------------------------------------------------

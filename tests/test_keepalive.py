@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from llm_supervisor.config.models import Config, Policy
-from llm_supervisor.gateway.idle import idle_decisions
+from llm_supervisor.gateway.idle import IdleWatcher
 from llm_supervisor.gateway.keepalive import (
     KeepAliveParseError,
     focus_allows,
@@ -200,14 +200,23 @@ def idle_config() -> Config:
     )
 
 
-@pytest.mark.parametrize(
-    ("last", "busy", "expected"),
-    [
-        ({"a": NOW - 601, "b": NOW - 10**6, "c": NOW - 1799}, frozenset(), ["a"]),
-        ({"a": NOW - 599, "c": NOW - 1800}, frozenset(), ["c"]),
-        ({"a": NOW - 601}, frozenset({"a"}), []),  # a request is in flight
-        ({}, frozenset(), []),  # never used: nothing to time
-    ],
-)
-def test_idle_decisions(last: dict[str, float], busy: frozenset[str], expected: list[str]) -> None:
-    assert idle_decisions(last, NOW, idle_config(), busy) == expected
+class IdleBackend:
+    """Records what the watcher asks; the services themselves decide (test_in_use.py)."""
+
+    def __init__(self, stops: set[str]) -> None:
+        self.asked: list[tuple[str, float]] = []
+        self.stops = stops
+
+    def config(self) -> Config:
+        return idle_config()
+
+    async def stop_if_idle(self, service: str, idle_for: float) -> bool:
+        self.asked.append((service, idle_for))
+        return service in self.stops
+
+
+async def test_idle_watcher_asks_each_vllm_service_with_its_keep_alive() -> None:
+    backend = IdleBackend(stops={"c"})
+    assert await IdleWatcher(backend).check_once() == ["c"]  # type: ignore[arg-type]
+    # b serves a gpt-oss model (forever) and o is Ollama's: neither is asked.
+    assert backend.asked == [("a", 600.0), ("c", 1800.0)]

@@ -1,83 +1,87 @@
-"""Following an engine's log file: lines reach the ring, copytruncate rotation, tail read-back."""
+"""Draining an engine's spool: lines reach the ring and the log file, what was read is punched
+out, and a follower after a crash resumes where the holes end."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from pathlib import Path
 
-from llm_supervisor.process.logfollow import TAIL_BYTES, LogFollower, open_log_for_append
-from llm_supervisor.process.output import OutputRing
+from llm_supervisor.process.logfollow import BLOCK, LogFollower, open_spool, read_tail
+from llm_supervisor.process.output import OutputRing, RotatingFile
 
 
 def texts(ring: OutputRing) -> list[str]:
     return [line.text for line in ring.tail()]
 
 
-async def wait_for(check: object, timeout: float = 5.0) -> None:
+async def wait_for(check: Callable[[], bool], timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
-        while not check():  # type: ignore[operator]
+        while not check():
             await asyncio.sleep(0.01)
 
 
-async def test_appends_reach_the_ring_and_rotation_keeps_every_line(tmp_path: Path) -> None:
-    path = tmp_path / "svc.log"
-    opened = open_log_for_append(path)
+def lines(start: int, stop: int) -> bytes:
+    return b"".join(f"line {i:05d} {'x' * 40}\n".encode() for i in range(start, stop))
+
+
+async def test_spool_reaches_ring_and_log_file_and_read_bytes_are_freed(tmp_path: Path) -> None:
+    spool = tmp_path / "spool" / "svc.out"
+    opened = open_spool(spool)
     assert opened is not None
     fd, start = opened  # the engine's end: O_APPEND, as handed over as stdout
-    ring = OutputRing(maxlen=100_000)
-    follower = LogFollower(path, ring, max_bytes=4096, backups=2)
+    ring, sink = OutputRing(maxlen=100_000), RotatingFile(tmp_path / "svc.log")
+    sink.secrets, ring.secrets = (b"sk-secret",), ("sk-secret",)
+    follower = LogFollower(spool, ring, sink)
     follower.start(start)
-    written = b""
     try:
-        for i in range(200):  # 6 KiB: at least one rotation
-            data = f"line {i:04d} {'x' * 20}\n".encode()
-            os.write(fd, data)
-            written += data
-        await wait_for(lambda: "line 0199 " + "x" * 20 in texts(ring))
-        await wait_for(lambda: (tmp_path / "svc.log.1").exists() and path.stat().st_size < 4096)
-        # O_APPEND: the engine's next write lands at the end of the truncated file.
-        os.write(fd, b"after rotation\n")
-        written += b"after rotation\n"
-        await wait_for(lambda: "after rotation" in texts(ring))
-        # Nothing lost, nothing doubled: the backups and the file hold every byte in order.
-        kept = b"".join(
-            (tmp_path / name).read_bytes()
-            for name in ("svc.log.2", "svc.log.1", "svc.log")
-            if (tmp_path / name).exists()
-        )
-        assert kept == written
-        assert texts(ring) == written.decode().splitlines()
+        os.write(fd, lines(0, 2000) + b"key=sk-secret\n")  # ~100 KiB
+        await wait_for(lambda: "key=***" in texts(ring))
+        assert (tmp_path / "svc.log").read_bytes() == lines(0, 2000) + b"key=***\n"
+        # Punched out: the size is kept (the engine's offset), the blocks are gone.
+        size = spool.stat().st_size
+        assert size == len(lines(0, 2000)) + len(b"key=sk-secret\n")
+        assert spool.stat().st_blocks * 512 <= 2 * BLOCK
+        os.write(fd, b"after the holes\n")
+        await wait_for(lambda: "after the holes" in texts(ring))
+        assert oct(spool.stat().st_mode & 0o777) == "0o600"
     finally:
-        await follower.stop()
+        assert await follower.stop() == spool.stat().st_size
         os.close(fd)
 
 
-async def test_adoption_reads_back_the_tail_from_a_whole_line(tmp_path: Path) -> None:
-    path = tmp_path / "svc.log"
-    lines = [f"old line {i:06d}" for i in range(TAIL_BYTES // 10)]
-    path.write_text("\n".join(lines) + "\n")
+async def test_a_follower_after_a_crash_starts_where_the_holes_end(tmp_path: Path) -> None:
+    spool = tmp_path / "svc.out"
+    opened = open_spool(spool)
+    assert opened is not None
+    fd, _ = opened
+    first_ring = OutputRing(maxlen=100_000)
+    first = LogFollower(spool, first_ring, None)
+    first.start(0)
+    os.write(fd, lines(0, 1000))
+    await wait_for(lambda: len(texts(first_ring)) == 1000)
+    await first.stop()  # the daemon dies; its last record said offset 0
+    os.write(fd, lines(1000, 1100))  # written while no daemon ran
     ring = OutputRing(maxlen=100_000)
-    follower = LogFollower(path, ring)
-    follower.start(0, tail=True)  # written while no daemon ran: only the last TAIL_BYTES
+    second = LogFollower(spool, ring, None)
+    second.start(0)
     try:
-        await follower.drain()
+        await second.drain()
         got = texts(ring)
-        assert got[-1] == lines[-1]
-        assert got[0] in lines  # no cut first line
-        assert sum(len(t) + 1 for t in got) <= TAIL_BYTES
+        assert got[-100:] == lines(1000, 1100).decode().splitlines()
+        assert len(got) - 100 <= BLOCK // len(lines(0, 1)) + 1, "at most one block twice"
     finally:
-        await follower.stop()
+        await second.stop()
+        os.close(fd)
 
 
-async def test_an_offset_beyond_the_end_means_the_file_was_truncated(tmp_path: Path) -> None:
-    path = tmp_path / "svc.log"
-    path.write_text("new run after an outside copytruncate\n")
-    ring = OutputRing()
-    follower = LogFollower(path, ring)
-    follower.start(10_000, tail=True)
-    try:
-        await follower.drain()
-        assert texts(ring) == ["new run after an outside copytruncate"]
-    finally:
-        await follower.stop()
+def test_read_tail_gives_whole_lines_from_the_end(tmp_path: Path) -> None:
+    log = tmp_path / "svc.log"
+    log.write_bytes(lines(0, 3000))  # ~140 KiB
+    ring = OutputRing(maxlen=100_000)
+    read_tail(log, ring, max_bytes=10_000)
+    got = texts(ring)
+    assert got[-1] == lines(2999, 3000).decode().strip()
+    assert all(text in lines(0, 3000).decode() for text in got)
+    assert got[0].startswith("line ") and len(got) == 10_000 // len(lines(0, 1))

@@ -101,9 +101,12 @@ def test_every_family_present_with_values() -> None:
 
 
 def test_no_pid_labels() -> None:
-    for samples in scrape(FakeControlBackend()).values():
-        for sample in samples:
-            assert not {"pid", "pids", "request_id"} & sample.labels.keys()
+    labelled = [s for samples in scrape(FakeControlBackend()).values() for s in samples if s.labels]
+    # Not vacuous: every service and the GPU are there, each with its labels.
+    assert {s.labels.get("service") for s in labelled} >= {"qwen3-8b", "broken", "ollama"}
+    assert any(s.labels.get("gpu") == "0" for s in labelled)
+    for sample in labelled:
+        assert not {"pid", "pids", "request_id"} & sample.labels.keys()
 
 
 def test_minimal_status_still_scrapes() -> None:

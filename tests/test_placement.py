@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from llm_supervisor.config.models import Config, ServiceConfig
 from llm_supervisor.errors import StartFailedError
 from llm_supervisor.gpu.fake import FakeDevice, FakeNvmlBackend
 from llm_supervisor.gpu.nvml import GpuMonitor
-from llm_supervisor.gpu.placement import Placement
+from llm_supervisor.gpu.placement import Placement, PlacementHooks
 from llm_supervisor.process.registry import GroupRegistry
 from llm_supervisor.service.deps import GpuHooks
 from llm_supervisor.service.gate import StartGate
@@ -62,7 +63,11 @@ async def placed(
 
     def make(*services: ServiceConfig, **policy: Any) -> tuple[Manager, Placement]:
         gpu = LiveGpu()
-        placement = Placement(GpuMonitor(gpu), release_wait=2.0)
+        # As the daemon wires it: placement asks for the manager's services at each use.
+        hooks = PlacementHooks(
+            services=lambda: manager.services, policy=lambda: manager.config.policy
+        )
+        placement = Placement(GpuMonitor(gpu), hooks, release_wait=2.0)
         config = Config.model_validate(
             {"services": {s.name: s for s in services}, "policy": policy}
         )
@@ -71,7 +76,7 @@ async def placed(
             gate=StartGate(admit=placement.admit),
             gpu_hooks=GpuHooks(placement.cuda_devices, placement.wait_released),
         )  # fmt: skip
-        gpu.manager = placement.manager = manager
+        gpu.manager = manager
         made.append(manager)
         return manager, placement
 
@@ -92,10 +97,11 @@ async def test_evicts_idle_service_lru(placed: Any) -> None:
     assert manager.get("old").reason == "evicted"
 
 
-async def test_refuses_with_numbers_when_holder_is_pinned(placed: Any) -> None:
+@pytest.mark.parametrize("pin", ["big-model", "Big-Model:latest"])  # one model, as Ollama says
+async def test_refuses_with_numbers_when_holder_is_pinned(placed: Any, pin: str) -> None:
     pinned = on_gpu0(fake_service("big", model="big-model"), 40)
     new = on_gpu0(fake_service("new", restart={"max_failures": 1}), 50)
-    manager, _ = placed(pinned, new, pin=["big-model"])
+    manager, _ = placed(pinned, new, pin=[pin])
     await manager.get("big").start()
     with pytest.raises(StartFailedError) as info:
         await manager.get("new").start()
@@ -104,6 +110,20 @@ async def test_refuses_with_numbers_when_holder_is_pinned(placed: Any) -> None:
     assert "GPU 0" in message and "51200 MiB" in message and "40960 MiB free" in message
     assert f"pid {manager.get('big').pid}" in message
     assert manager.get("big").state is State.READY
+
+
+async def test_refusal_hint_spells_the_flag_as_the_profile_does(placed: Any) -> None:
+    pinned = on_gpu0(fake_service("big", model="big-model"), 40)
+    new = on_gpu0(fake_service("new", restart={"max_failures": 1}), 50)
+    args = {"gpu_memory_utilization": new.spec.args["gpu-memory-utilization"]}
+    new = new.model_copy(update={"spec": new.spec.model_copy(update={"args": args})})
+    manager, _ = placed(pinned, new, pin=["big-model"])
+    await manager.get("big").start()
+    with pytest.raises(StartFailedError) as info:
+        await manager.get("new").start()
+    assert info.value.cause == "insufficient_free_memory"
+    assert "51200 MiB" in manager.get("new").reason  # the budget read under either spelling
+    assert info.value.hint.endswith("or lower gpu_memory_utilization")
 
 
 async def test_cuda_visible_devices_uses_uuid(placed: Any) -> None:
@@ -123,9 +143,9 @@ async def test_starts_on_one_gpu_are_serialized(placed: Any) -> None:
     spawned: dict[str, float] = {}
     ready: dict[str, float] = {}
 
-    def record(service: Any, old: State, new: State, reason: str) -> None:
+    def record(service: str, old: State, new: State, reason: str) -> None:
         if new is State.READY:
-            ready[service.name] = asyncio.get_running_loop().time()
+            ready[service] = asyncio.get_running_loop().time()
 
     manager.listeners.append(record)
     await asyncio.gather(manager.get("first").start(), manager.get("second").start())
@@ -135,3 +155,28 @@ async def test_starts_on_one_gpu_are_serialized(placed: Any) -> None:
     early, late = sorted(spawned, key=spawned.__getitem__)
     # The later engine was spawned only after the earlier one was ready.
     assert spawned[late] >= ready[early] - 0.01
+
+
+async def test_eviction_spares_a_service_that_got_a_request_meanwhile(placed: Any) -> None:
+    """Both idle services must go; while the first one's stop drags on, the second one gets
+    a request. It keeps running (and serving), and the start that needed its memory fails."""
+    first = on_gpu0(fake_service("first", "--ignore-term", stop_timeout=1.0), 40)
+    second = on_gpu0(fake_service("second"), 40)
+    new = on_gpu0(fake_service("new", restart={"max_failures": 1}), 50)
+    manager, _ = placed(first, second, new)
+    await manager.get("first").start()
+    await manager.get("second").start()
+    pid = manager.get("second").pid
+    with contextlib.ExitStack() as requests:
+
+        def request_for_second(service: str, old: State, new: State, reason: str) -> None:
+            if service == "first" and new is State.STOPPING:
+                requests.enter_context(manager.get("second").lease())  # the gateway's
+
+        manager.listeners.append(request_for_second)
+        with pytest.raises(StartFailedError) as info:
+            await manager.get("new").start()
+        assert manager.get("second").usage().in_flight == 1
+    assert info.value.cause == "insufficient_free_memory"
+    assert manager.get("first").state is State.STOPPED
+    assert manager.get("second").state is State.READY and manager.get("second").pid == pid

@@ -27,7 +27,7 @@ from tests.daemon_harness import (
     wait_until,
 )
 
-ON_DEMAND_SLOW = {"start": "on-demand", "health": {"interval": 0.2}}
+ON_DEMAND_SLOW = {"start": "on-demand"}
 
 
 def write_config(tmp_path: Path, services: dict[str, Any], policy: dict[str, Any]) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from llm_supervisor.config.models import Config, ServiceConfig, ServiceSpec
@@ -19,9 +20,15 @@ class Backend:
     def config(self) -> Config:
         return self._config
 
+    def lease(self, service: str) -> Any:
+        return contextlib.nullcontext()
+
     async def ensure_ready(self, service: str) -> None: ...
-    async def stop_idle(self, service: str) -> None: ...
-    def note_request(self, service: str) -> None: ...
+    async def stop_if_idle(self, service: str, idle_for: float) -> bool:
+        return False
+
+    def usage(self, service: str) -> None:
+        return None
 
 
 class RecordingClient:
@@ -51,7 +58,7 @@ async def test_critical_pressure_unloads_lru_idle_unpinned() -> None:
     gateway.state.model_last_request.update({"a:1": 20.0, "b:1": 10.0})
     gateway.state.models_in_flight["busy:1"] = 1
     event = PressureEvent(1, "GPU-x", "warning", "critical", int(77 * GIB), 80 * GIB)
-    unloaded = await relieve(gateway, config, event)
+    unloaded = await relieve(gateway.state, gateway.client, config, event)
     # 77 GiB used, warning at 64 GiB: 13 GiB to free; only a and b are idle and unpinned.
     assert unloaded == ["b:1", "a:1"]
     assert client.posts == [

@@ -202,9 +202,9 @@ def test_invalid_file_changes_nothing_and_status_shows_the_error(config_dir: Pat
     path = write_profile(config_dir, services)
     with run_daemon(config_dir) as daemon:
         before = daemon.pids()
-        broken = profile_text(services).replace("max-model-len: 1024", "max-model-len: 8k", 1)
+        broken = profile_text(services).replace("max-model-len: 1024", "max-model-len: 8kb", 1)
         write_atomic(path, broken)
-        line = next(i for i, t in enumerate(broken.splitlines(), 1) if "8k" in t)
+        line = next(i for i, t in enumerate(broken.splitlines(), 1) if "8kb" in t)
         wait_reloads(daemon, 1)
         shown = daemon.cli("status", "--json")
         reload = yaml.safe_load(shown.stdout)["reload"]

@@ -108,13 +108,15 @@ async def test_concurrent_restarts_serialized(manager_factory: Any) -> None:
     manager = manager_factory(fake_service("a"))
     service = manager.get("a")
     await service.start()
-    seen: list[tuple[State, State]] = []
-    service.deps.listeners.append(lambda s, old, new, reason: seen.append((old, new)))
+    seen: list[State] = []
+    service.deps.listeners.append(lambda name, old, new, reason: seen.append(new))
     await asyncio.gather(*(service.restart(wait=True) for _ in range(3)))
     assert service.state is State.READY
-    # Each restart is a full stop → start cycle; none interleaves with another.
-    stops = [pair for pair in seen if pair[1] is State.STOPPED]
-    assert len(stops) == 3
+    # Each restart is a full stop → start cycle; none interleaves with another: every stop is
+    # followed by its own start before the next stop (a later restart may cut a start short).
+    cycles = [state for state in seen if state in (State.STOPPED, State.STARTING)]
+    assert cycles == [State.STOPPED, State.STARTING] * 3, seen
+    assert seen[-1] is State.READY
     assert service.restarts["requested"] == 3
 
 
@@ -184,3 +186,19 @@ async def test_missing_executable_is_diagnosed(manager_factory: Any) -> None:
         await manager.get("a").start()
     assert info.value.cause == "executable_missing"
     assert "/nonexistent/bin/vllm" in manager.get("a").reason
+
+
+async def test_crash_hint_spells_flags_as_the_profile_does(manager_factory: Any) -> None:
+    # vLLM's message; the hint names max-model-len, the profile wrote max_model_len.
+    line = (
+        "ValueError: The model's max seq len (32768) is larger than the maximum number of "
+        "tokens that can be stored in KV cache (5632)."
+    )
+    args = {"max_model_len": 32768, "gpu-memory-utilization": 0.5}
+    svc = fake_service("a", "--fail-with", line, args=args, restart={"max_failures": 1})
+    service = manager_factory(svc).get("a")
+    with pytest.raises(StartFailedError):
+        await service.start()
+    assert service.last_failure is not None
+    assert "set max_model_len to 5632 or lower" in service.last_failure.hint
+    assert "raise gpu-memory-utilization" in service.last_failure.hint

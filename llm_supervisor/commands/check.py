@@ -15,6 +15,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-gpus", dest="gpus", action="store_false",
         help="do not ask NVML (check without the GPUs' facts, as on a build machine)",
     )  # fmt: skip
+    parser.add_argument(
+        "-v", "--verbose", action="store_true",
+        help="also say when the GPUs' facts were not available (no driver, --no-gpus)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--gateway-keys", type=Path, default=None,
+        help="check this gateway keys file too (default: $CREDENTIALS_DIRECTORY/gateway-keys)",
+    )  # fmt: skip
 
 
 def gpu_totals() -> tuple[dict[int | str, int] | None, str | None]:
@@ -36,14 +44,16 @@ def gpu_totals() -> tuple[dict[int | str, int] | None, str | None]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..config.keysfile import gateway_keys_file
     from ..config.load import load_config
     from ..logsetup import configure_logging
 
     configure_logging("auto", "error")
     totals, unavailable = gpu_totals() if args.gpus else (None, "not asked (--no-gpus)")
-    if unavailable:
+    if unavailable and args.verbose:  # a build machine without a driver is normal
         print(f"note: {unavailable}; GPU existence and memory budgets not checked", file=sys.stderr)
-    config, warnings = load_config(args.config_dir, totals)
+    keys = gateway_keys_file(args.gateway_keys)
+    config, warnings = load_config(args.config_dir, totals, keys_file=keys)
     for issue in warnings:
         print(f"warning: {issue.format()}", file=sys.stderr)
     count = len(config.services)

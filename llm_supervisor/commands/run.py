@@ -46,6 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--gateway", type=parse_hostport, default=("127.0.0.1", 11434),
         help="HOST:PORT of the gateway (default 127.0.0.1:11434), or 'off'",
     )  # fmt: skip
+    parser.add_argument(
+        "--gateway-keys", type=Path, default=None,
+        help="YAML list of gateway API keys (default: $CREDENTIALS_DIRECTORY/gateway-keys "
+        "if present); without keys the gateway is open",
+    )  # fmt: skip
     parser.add_argument("--token-file", type=Path, default=None, help="bearer token for TCP")
     parser.add_argument("--socket-group", default=None, help="group owning the control socket")
     parser.add_argument("--shutdown-timeout", type=float, default=60.0)
@@ -76,6 +81,7 @@ def tune_gc() -> None:
 def run(args: argparse.Namespace) -> int:
     import uvloop
 
+    from ..config.keysfile import gateway_keys_file
     from ..daemon.daemon import Daemon, DaemonOptions
     from ..logsetup import configure_logging
 
@@ -88,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         log_dir=args.log_dir or default_log_dir(),
         control=control,
         gateway=args.gateway,
+        gateway_keys=gateway_keys_file(args.gateway_keys),
         token_file=args.token_file,
         socket_group=args.socket_group,
         shutdown_timeout=args.shutdown_timeout,

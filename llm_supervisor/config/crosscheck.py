@@ -3,11 +3,11 @@ and policy entries that refer to no model (warnings)."""
 
 from __future__ import annotations
 
-import fnmatch
 from collections import defaultdict
 from dataclasses import dataclass
 
 from ..errors import ConfigIssue
+from .modelnames import matches_model_pattern
 from .models import Policy, ProfileFile
 from .yamlload import LoadedYaml
 
@@ -164,6 +164,12 @@ def _overcommit_message(
     )
 
 
+def _offered(name: str, models: set[str]) -> bool:
+    """Named (as Ollama names models: ``llama3.2`` is ``llama3.2:latest``) or matched by a
+    glob, as the gateway will match it."""
+    return any(matches_model_pattern(m, name) for m in models)
+
+
 def _policy_references(
     profiles: dict[str, ProfileFile], policy: Policy, source: str, docs: dict[str, LoadedYaml]
 ) -> list[ConfigIssue]:
@@ -175,23 +181,23 @@ def _policy_references(
                 models.add(spec.public_name)
     issues = []
     for i, rule in enumerate(policy.keep_alive.rules):
-        if not any(fnmatch.fnmatchcase(m, rule.match) for m in models):
+        if not any(matches_model_pattern(m, rule.match) for m in models):
             msg = f"rule {rule.match!r} matches no model named in the profiles"
             key: Key = ("keep_alive", "rules", i, "match")
             issues.append(_issue(docs, source, key, msg, "warning"))
     for field in ("pin", "focus", "warmup"):
         for i, name in enumerate(getattr(policy, field)):
-            if name not in models:
+            if not _offered(name, models):
                 msg = f"{name!r} is not offered by any service"
                 issues.append(_issue(docs, source, (field, i), msg, "warning"))
     for model, alternatives in policy.fallbacks.items():
         for i, name in enumerate(alternatives):
-            if name not in models:
+            if not _offered(name, models):
                 msg = f"fallback {name!r} is not offered by any service"
                 issues.append(_issue(docs, source, ("fallbacks", model, i), msg, "warning"))
     if policy.focus:
         for i, name in enumerate(policy.pin):
-            if name not in policy.focus:
+            if not any(matches_model_pattern(name, f) for f in policy.focus):
                 msg = f"pinned model {name!r} is not in focus, so requests for it are refused"
                 issues.append(_issue(docs, source, ("pin", i), msg, "warning"))
     return issues

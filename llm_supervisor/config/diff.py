@@ -52,6 +52,11 @@ def policy_sections(old: Policy, new: Policy) -> tuple[str, ...]:
     return tuple(f for f in Policy.model_fields if getattr(old, f) != getattr(new, f))
 
 
+def gateway_sections(old: Config, new: Config) -> tuple[str, ...]:
+    """The gateway's keys count as a policy section: a change is applied, never skipped."""
+    return ("gateway_keys",) if old.gateway_keys != new.gateway_keys else ()
+
+
 def diff_configs(old: Config, new: Config) -> ConfigDiff:
     """Pure: which services to start, stop, restart or update in place."""
     names_old, names_new = set(old.services), set(new.services)
@@ -63,7 +68,7 @@ def diff_configs(old: Config, new: Config) -> ConfigDiff:
         removed=tuple(sorted(names_old - names_new)),
         restarted=tuple(relaunch),
         updated=tuple(n for n in changed if n not in relaunch),
-        policy=policy_sections(old.policy, new.policy),
+        policy=policy_sections(old.policy, new.policy) + gateway_sections(old, new),
     )
 
 

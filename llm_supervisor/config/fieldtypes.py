@@ -9,9 +9,10 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, StringConstraints, WithJsonSchema
+from pydantic import BeforeValidator, Field, StringConstraints, WithJsonSchema
 
 from ..durations import parse_duration
+from .yamlload import Yaml11Number
 
 
 class LocatedValueError(ValueError):
@@ -37,7 +38,50 @@ DURATION_SCHEMA: dict[str, Any] = {
     "description": "Seconds, or a duration such as 30s, 10m, 1h30m; 'forever' keeps it loaded.",
 }
 
-Duration = Annotated[float, BeforeValidator(parse_duration), WithJsonSchema(DURATION_SCHEMA)]
+
+def yaml11_trap(value: object, what: str, fixes: str) -> None:
+    """Refuse a number YAML 1.1 read from an octal or base-60 form (``011434``, ``1:30``).
+
+    ``fixes`` says what to write instead; ``{digits}`` in it is the number as written
+    without its leading zeros.
+    """
+    if isinstance(value, Yaml11Number):
+        digits = value.raw.lstrip("+-0").replace("_", "") or "0"
+        raise ValueError(
+            f"expected {what}, got {value.raw}, which YAML 1.1 reads as the {value.form} "
+            f"number {value}; write {fixes.format(digits=digits, raw=value.raw)}"
+        )
+
+
+def _sexagesimal_fixes(raw: str) -> str:
+    parts = raw.split(":")
+    if len(parts) == 2:
+        return f"{parts[0]}m{parts[1]}s or {parts[0]}h{parts[1]}m, whichever you mean"
+    return "the duration with units, such as 1h30m or 90s"
+
+
+def _duration(value: object) -> float:
+    if isinstance(value, Yaml11Number):
+        fixes = _sexagesimal_fixes(value.raw) if value.form == "base-60" else "{digits}"
+        yaml11_trap(value, "a duration", fixes)
+    return parse_duration(value)
+
+
+Duration = Annotated[float, BeforeValidator(_duration), WithJsonSchema(DURATION_SCHEMA)]
+
+
+def _port(value: object) -> object:
+    yaml11_trap(value, "a port", "{digits} without the leading zero")
+    if isinstance(value, str) and re.fullmatch(r"0\d+", value.strip()):
+        digits = value.strip().lstrip("0") or "0"
+        raise ValueError(
+            f"expected a port, got {value.strip()}: a leading zero makes a number octal in "
+            f"YAML 1.1 (011434 is 4892); write {digits}"
+        )
+    return value
+
+
+Port = Annotated[int, Field(ge=1, le=65535), BeforeValidator(_port)]
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kib|mib|gib|tib|kb|mb|gb|tb)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {
@@ -48,6 +92,7 @@ _SIZE_UNITS = {
 
 def parse_size(value: object) -> int:
     """Bytes from ``24GiB``, ``500MB`` or a plain integer of bytes."""
+    yaml11_trap(value, "a size such as 24GiB", "{digits} without the leading zero, or 24GiB")
     if isinstance(value, bool):
         raise ValueError(f"expected a size such as 24GiB, got {value!r}")
     if isinstance(value, int):
@@ -141,6 +186,8 @@ def _arg_value(value: object) -> object:
             )
         if isinstance(item, bool | None) and isinstance(value, list):
             raise ValueError(f"list items must be strings or numbers, got {item!r}")
+        # --max-num-seqs 0123 would reach the engine as 83
+        yaml11_trap(item, "a flag value", "{digits}, or '{raw}' (quoted) to pass it as written")
     return value
 
 
@@ -150,7 +197,9 @@ ArgValue = Annotated[
 
 
 def _env_value(value: object) -> object:
-    # Integers are unambiguous (CUDA_DEVICE_ORDER: 0); booleans and floats are YAML surprises.
+    # Integers are unambiguous (CUDA_DEVICE_ORDER: 0); booleans and floats are YAML surprises,
+    # and so are octal and base-60 forms (UMASK: 0022 would become "18").
+    yaml11_trap(value, "a string", "'{raw}' (quoted, as the text you mean)")
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if isinstance(value, bool):
@@ -161,3 +210,20 @@ def _env_value(value: object) -> object:
 
 
 EnvValue = Annotated[str, BeforeValidator(_env_value)]
+
+
+def _env_name(value: object) -> object:
+    # execve() splits "NAME=value" at the first "=": "A=B: x" would set A to "B=x", and
+    # a NUL ends the C string early. The kernel takes the rest; so does the daemon.
+    if isinstance(value, str):
+        what = "is empty" if not value else "contains '='" if "=" in value else ""
+        what = what or ("contains a NUL character" if "\0" in value else "")
+        if what:
+            raise ValueError(
+                f"environment variable name {value!r} {what}; a name is any text without '=' "
+                "or NUL, usually LETTERS_DIGITS_AND_UNDERSCORES"
+            )
+    return value
+
+
+EnvName = Annotated[str, BeforeValidator(_env_name)]

@@ -19,15 +19,19 @@ from pydantic import BaseModel, ValidationError
 from ..errors import ConfigError, ConfigIssue
 from . import crosscheck
 from .envvars import expand_tree
+from .gatewaykeys import GatewayKeys
+from .keysfile import load_gateway_keys
 from .messages import found, validation_issues
 from .models import Config, Policy, ProfileFile, ServiceConfig
+from .trust import untrusted_reason
 from .yamlload import LoadedYaml, YamlSyntaxError, load_yaml
 
 _M = TypeVar("_M", bound=BaseModel)
 
 POLICY_STEM = "policy"
 SUFFIXES = (".yaml", ".yml")
-MAX_FILE_BYTES = 4 * 2**20  # a profile is a few KiB; anything this big is not one
+# A profile is a few KiB. The cap bounds what a stray file can cost: 1 MiB parses in ~0.5 s.
+MAX_FILE_BYTES = 2**20
 
 
 @dataclass
@@ -77,12 +81,15 @@ def fingerprint(config_dir: Path) -> str:
 
 
 def load_config(
-    config_dir: Path, gpu_totals: dict[int | str, int] | None = None
+    config_dir: Path,
+    gpu_totals: dict[int | str, int] | None = None,
+    keys_file: Path | None = None,
 ) -> tuple[Config, list[ConfigIssue]]:
     """Load and validate; return the config and its warnings, or raise ConfigError.
 
     ``gpu_totals`` maps every known GPU (index and UUID) to its memory in bytes, when NVML
     telemetry is available; without it only checks that need no hardware facts are made.
+    ``keys_file``: the gateway's API keys (``run --gateway-keys``), validated with the rest.
     """
     collector = _Collector()
     try:
@@ -92,7 +99,11 @@ def load_config(
         if config_dir.is_dir():
             reason = f"cannot be listed: {exc.strerror or exc}"
         raise ConfigError([ConfigIssue(str(config_dir), 0, 0, "", reason)]) from None
+    untrusted = untrusted_reason(config_dir)
+    if untrusted:
+        collector.error(str(config_dir), 0, 0, "", untrusted)
     loaded = _load_files(paths, collector)
+    gateway_keys = _load_keys(keys_file, collector)
     _directory_checks(config_dir, paths, loaded, collector)
     policy_name, policy, policy_doc = (
         loaded.policies[0] if loaded.policies else (None, Policy(), None)
@@ -109,8 +120,23 @@ def load_config(
     issues = sorted(collector.issues, key=lambda i: (i.path, i.line, i.col))
     if any(i.severity == "error" for i in issues):
         raise ConfigError(issues)
-    config = Config(services=_services(loaded.profiles), policy=policy, policy_source=policy_name)
+    config = Config(
+        services=_services(loaded.profiles),
+        policy=policy,
+        policy_source=policy_name,
+        gateway_keys=gateway_keys,
+    )
     return config, issues
+
+
+def _load_keys(keys_file: Path | None, collector: _Collector) -> GatewayKeys | None:
+    if keys_file is None:
+        return None
+    try:
+        return load_gateway_keys(keys_file)
+    except ConfigError as exc:
+        collector.issues += exc.issues
+        return None
 
 
 def _load_files(paths: list[Path], collector: _Collector) -> _Loaded:
@@ -119,7 +145,7 @@ def _load_files(paths: list[Path], collector: _Collector) -> _Loaded:
         name = str(path)
         is_policy = path.stem == POLICY_STEM
         loaded.profile_files += 0 if is_policy else 1
-        doc = _read(path, collector)
+        doc = _read(path, collector, empty_ok=is_policy)  # every policy key has a default
         if doc is None:
             continue
         if is_policy:
@@ -147,13 +173,20 @@ def _directory_checks(
         collector.error(str(config_dir), 0, 0, "", msg)
 
 
-def _read(path: Path, collector: _Collector) -> LoadedYaml | None:
+def _read(path: Path, collector: _Collector, *, empty_ok: bool = False) -> LoadedYaml | None:
     name = str(path)
+    reason = untrusted_reason(path)
+    if reason:
+        collector.error(name, 0, 0, "", reason)
+        return None
     try:
-        if path.stat().st_size > MAX_FILE_BYTES:
-            collector.error(
-                name, 1, 1, "", f"larger than {MAX_FILE_BYTES >> 20} MiB; not a profile"
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            msg = (
+                f"file is {size / 2**20:.1f} MiB; a config file may be at most "
+                f"{MAX_FILE_BYTES >> 20} MiB (profiles are a few KiB): is this a profile?"
             )
+            collector.error(name, 1, 1, "", msg)
             return None
         raw = path.read_bytes()
     except OSError as exc:
@@ -176,6 +209,8 @@ def _read(path: Path, collector: _Collector) -> LoadedYaml | None:
         key = ".".join(str(part) for part in exc.path)
         collector.error(name, exc.mark.line, exc.mark.col, key, str(exc))
         return None
+    if doc.data is None and empty_ok:
+        doc.data = {}
     if doc.data is None:
         collector.error(name, 1, 1, "", "file is empty (or only comments); expected a mapping")
         return None

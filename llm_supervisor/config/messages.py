@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import shlex
 import types
 import typing
 from collections.abc import Sequence
@@ -117,8 +118,19 @@ def _message(err: Any, loc: Loc, model: type[BaseModel]) -> str:
     if kind == "string_type" and isinstance(given, bool | int | float):
         hint = "; quote it if you meant the text"
     if kind in {"list_type", "tuple_type"} and isinstance(given, str):
-        hint = f"; for one item write [{given}]"
+        hint = _list_hint(given, loc)
     return f"expected {expected}, got {found(given)}{hint}"
+
+
+def _list_hint(given: str, loc: Loc) -> str:
+    if loc and loc[-1] == "command":  # argv: one item per word, no shell
+        try:
+            words = shlex.split(given)
+        except ValueError:
+            words = given.split()
+        if len(words) > 1:
+            return f"; write one item per word: [{', '.join(words)}] (no shell is involved)"
+    return f"; for one item write [{given}]"
 
 
 def _union_message(errs: Sequence[Any]) -> str:
@@ -141,6 +153,9 @@ def _literal(expected: str, given: Any) -> str:
 
 
 def _unknown_key(key: str, parent: Loc, model: type[BaseModel]) -> str:
+    wrong_file = _wrong_file(key, parent, model)
+    if wrong_file:
+        return wrong_file
     here = model_at(model, parent)
     valid = sorted(here.model_fields) if here else []
     close = difflib.get_close_matches(key, valid or _all_field_names(), n=1, cutoff=0.6)
@@ -150,6 +165,23 @@ def _unknown_key(key: str, parent: Loc, model: type[BaseModel]) -> str:
     if elsewhere and valid:
         return f"unknown key {key!r} here (valid: {', '.join(valid)}); is it indented wrongly?"
     return f"unknown key {key!r}" + (f"; valid keys: {', '.join(valid)}" if valid else "")
+
+
+def _wrong_file(key: str, parent: Loc, model: type[BaseModel]) -> str | None:
+    """A policy key at the top of a profile, or a profile saved as policy.yaml."""
+    from .models import Policy, ProfileFile
+
+    if parent or model not in (Policy, ProfileFile):
+        return None
+    other = ProfileFile if model is Policy else Policy
+    if key not in other.model_fields or key in model.model_fields:
+        return None
+    if other is Policy:
+        return f"unknown key {key!r}: a policy key; it belongs in policy.yaml, not in a profile"
+    return (
+        f"unknown key {key!r}: a profile key, but this file is the policy (policy.yaml); "
+        "save the profile under another name, such as gpu0.yaml"
+    )
 
 
 def model_at(root: type[BaseModel], loc: Loc) -> type[BaseModel] | None:

@@ -6,19 +6,31 @@ what the hot-reload diff relies on.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..durations import FOREVER, format_duration
+from . import vllmargs
 
 # Field types live in fieldtypes.py; re-exported here, where callers have always found them.
 from .fieldtypes import ArgValue as ArgValue
 from .fieldtypes import ByteSize as ByteSize
 from .fieldtypes import Duration as Duration
+from .fieldtypes import EnvName as EnvName
 from .fieldtypes import EnvValue as EnvValue
 from .fieldtypes import GpuField as GpuField
 from .fieldtypes import LocatedValueError as LocatedValueError
+from .fieldtypes import Port as Port
 from .fieldtypes import ServiceName as ServiceName
 from .fieldtypes import parse_size as parse_size
+from .gatewaykeys import GatewayKeys
+from .modelnames import same_model
+
+
+def _dur(seconds: float) -> str:
+    return format_duration(seconds) if seconds >= 0 else f"{seconds:g}s"
 
 
 class Strict(BaseModel):
@@ -40,6 +52,22 @@ class HealthSpec(Strict):
         default=60.0, description="A run that stayed ready this long resets the backoff."
     )
 
+    @model_validator(mode="after")
+    def _probe_timing(self) -> HealthSpec:
+        # A probe every 0 s spins, a forever one never runs; a probe allowed to outlast the
+        # period makes the period meaningless (a hang would be noticed after timeouts).
+        for key, value in (("interval", self.interval), ("timeout", self.timeout)):
+            if not 0 < value < FOREVER:
+                msg = f"expected a duration above 0 and below forever, e.g. 10s, got {_dur(value)}"
+                raise LocatedValueError((key,), msg)
+        if self.timeout >= self.interval:
+            msg = (
+                f"timeout ({_dur(self.timeout)}) must be shorter than interval "
+                f"({_dur(self.interval)}): a probe must end before the next one starts"
+            )
+            raise LocatedValueError(("timeout",), msg)
+        return self
+
 
 class RestartSpec(Strict):
     max_failures: int = Field(default=5, ge=1, description="Failures within window → fatal.")
@@ -57,7 +85,7 @@ class ServiceSpec(Strict):
     model: str | None = Field(default=None, description="vLLM: model path or HF id to serve.")
     served_name: str | None = Field(default=None, description="Name clients use; default: model.")
     models: tuple[str, ...] = Field(default=(), description="Ollama: models this server offers.")
-    port: int = Field(ge=1, le=65535, description="The engine binds 127.0.0.1:port.")
+    port: Port = Field(description="The engine binds 127.0.0.1:port.")
     command: tuple[str, ...] | None = Field(
         default=None, min_length=1, description="Executable and leading args (argv, no shell)."
     )
@@ -65,7 +93,7 @@ class ServiceSpec(Strict):
         default_factory=dict,
         description="Engine flags: {max-model-len: 16384} → --max-model-len 16384",
     )
-    env: dict[str, EnvValue] = Field(
+    env: dict[EnvName, EnvValue] = Field(
         default_factory=dict, description="Extra environment variables for the engine process."
     )
     start: Literal["boot", "on-demand"] = Field(
@@ -86,21 +114,6 @@ class ServiceSpec(Strict):
         "routes to it (Ollama: the policy's warmup list).",
     )
 
-    @field_validator("args")
-    @classmethod
-    def _known_vllm_arg_types(cls, args: dict[str, ArgValue]) -> dict[str, ArgValue]:
-        for key in ("max-model-len", "tensor-parallel-size"):
-            value = args.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise LocatedValueError((key,), f"expected an integer, got {value!r}")
-        util = args.get("gpu-memory-utilization")
-        if util is not None and (
-            isinstance(util, bool) or not isinstance(util, int | float) or not 0 < util <= 1
-        ):
-            msg = f"expected a fraction of GPU memory in (0, 1], e.g. 0.85, got {util!r}"
-            raise LocatedValueError(("gpu-memory-utilization",), msg)
-        return args
-
     @model_validator(mode="after")
     def _engine_requirements(self) -> ServiceSpec:
         for key, wrong, message in (
@@ -117,11 +130,20 @@ class ServiceSpec(Strict):
         ):  # fmt: skip
             if wrong:
                 raise LocatedValueError((key,), message)
+        if self.stop_timeout is not None and self.stop_timeout == FOREVER:
+            msg = "expected a grace period such as 30s (finite: a hung engine must still stop)"
+            raise LocatedValueError(("stop_timeout",), msg)
+        if self.engine == "vllm":
+            try:
+                vllmargs.check(self.args)
+            except LocatedValueError as exc:
+                raise LocatedValueError(("args", *exc.subpath), str(exc)) from None
         return self
 
     @property
     def gpu_memory_utilization(self) -> float | None:
-        value = self.args.get("gpu-memory-utilization")
+        found = vllmargs.lookup(self.args, "gpu-memory-utilization")
+        value = found[1] if found else None
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
         return 0.9 if self.engine == "vllm" else None  # vLLM's own default
@@ -144,6 +166,36 @@ class ProfileFile(Strict):
     def gpus(self) -> tuple[int | str, ...]:
         refs = self.gpu if isinstance(self.gpu, list) else [self.gpu]
         return tuple(r for r in refs if r != "cpu")
+
+    @model_validator(mode="after")
+    def _parallel_fits(self) -> ProfileFile:
+        if not self.gpus:  # cpu: no GPU list to compare with
+            return self
+        for name, spec in self.services.items():
+            problem = (
+                _parallel_problem(spec.args, len(self.gpus)) if spec.engine == "vllm" else None
+            )
+            if problem:
+                raise LocatedValueError(("services", name, "args", problem[0]), problem[1])
+        return self
+
+
+def _parallel_problem(args: dict[str, ArgValue], gpus: int) -> tuple[str, str] | None:
+    """vLLM runs one rank per GPU: tensor-parallel-size times pipeline-parallel-size."""
+    sizes: list[tuple[str, int]] = []  # (key as written, size)
+    for flag in ("tensor-parallel-size", "pipeline-parallel-size"):
+        found, size = vllmargs.lookup(args, flag), vllmargs.int_value(args, flag)
+        if found and size and size > 1:
+            sizes.append((found[0], size))
+    ranks = math.prod(size for _, size in sizes)
+    if ranks <= gpus:
+        return None
+    what = " times ".join(f"{key} {size}" for key, size in sizes)
+    msg = (
+        f"{what} needs {ranks} GPUs, but this profile's gpu: lists {gpus}; "
+        f"allowed: 1 to {gpus} (or list more GPUs in gpu:)"
+    )
+    return sizes[-1][0], msg
 
 
 class KeepAliveRule(Strict):
@@ -205,6 +257,10 @@ class Policy(Strict):
     pressure: PressureSpec = Field(
         default=PressureSpec(), description="GPU memory pressure thresholds (fractions)."
     )
+    admin_routes: Literal["deny", "allow"] = Field(
+        default="deny",
+        description="Without gateway keys: allow /api/pull, /api/delete, /api/create … to anyone.",
+    )
     evict_idle: bool = Field(
         default=True,
         description="Admission may stop idle, non-pinned services on a full GPU to start another.",
@@ -224,6 +280,17 @@ class Policy(Strict):
         description="Ollama models loaded and asked for one token when their service is ready.",
     )
 
+    def is_pinned(self, model: str) -> bool:
+        """The one answer to "is this model pinned?" (names compared as Ollama does)."""
+        return any(same_model(model, pin) for pin in self.pin)
+
+    def fallbacks_for(self, model: str) -> tuple[str, ...]:
+        """The models that may serve a request for ``model`` (names compared as Ollama does)."""
+        for name, alternatives in self.fallbacks.items():
+            if same_model(model, name):
+                return alternatives
+        return ()
+
 
 class ServiceConfig(Strict):
     """A service with what the daemon resolved around it."""
@@ -240,3 +307,5 @@ class Config(Strict):
     services: dict[str, ServiceConfig] = Field(default_factory=dict)
     policy: Policy = Policy()
     policy_source: str | None = None
+    # The gateway's API keys (run --gateway-keys); None: the gateway is open.
+    gateway_keys: GatewayKeys | None = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 from pathlib import Path
 
 from ..errors import ControlAddressError, ControlError
@@ -63,6 +64,42 @@ def read_token(token_file: Path | None) -> str | None:
     if not token:
         raise ControlError(f"token file {token_file} is empty")
     return token
+
+
+def untrusted_socket_dir(directory: Path, euid: int | None = None) -> str | None:
+    """Why a non-root user must not trust the socket's directory, or None.
+
+    ``/tmp/llm-supervisor-$UID`` can be created by anyone before we get there; whoever owns
+    it can put a socket of their own in it and read every command (and token) we send.
+    Root (and a root-owned directory such as /run/llm-supervisor) is trusted.
+    """
+    euid = os.geteuid() if euid is None else euid
+    try:
+        info = directory.stat()
+    except OSError:
+        return None  # not there: connecting fails with its own message
+    if euid == 0 or info.st_uid == 0:
+        return None
+    if info.st_uid != euid:
+        return f"{directory} is owned by uid {info.st_uid}, not by you (uid {euid}); refusing it"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"{directory} is writable by others (mode {stat.S_IMODE(info.st_mode):04o})"
+    return None
+
+
+def ensure_socket_dir(directory: Path, euid: int | None = None) -> None:
+    """Create the socket's directory (0700 for a non-root daemon) or refuse a foreign one."""
+    euid = os.geteuid() if euid is None else euid
+    if not directory.exists():
+        try:
+            directory.mkdir(parents=True, mode=0o755 if euid == 0 else 0o700)
+        except FileExistsError:
+            pass  # created meanwhile: judged below like any existing one
+        except OSError as exc:
+            raise ControlError(f"cannot create {directory}: {exc.strerror}") from None
+    reason = untrusted_socket_dir(directory, euid)
+    if reason:
+        raise ControlError(f"control socket directory: {reason}")
 
 
 def server_token(address: str, token_file: Path | None) -> str | None:

@@ -1,4 +1,4 @@
-"""What the control API needs from the daemon: one protocol, implemented by the Manager side.
+"""What the control API needs from the daemon: one protocol, implemented by DaemonBackend.
 
 The status document (``status()``) is the stable schema behind ``status --json`` and the
 metrics. Fields marked *metrics* feed Prometheus families; a backend that lacks them still

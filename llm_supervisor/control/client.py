@@ -37,7 +37,7 @@ from ..errors import (
     UnknownServiceError,
     UpgradeError,
 )
-from .address import default_control_address, parse_address, read_token
+from .address import default_control_address, parse_address, read_token, untrusted_socket_dir
 from .backend import LogLine
 
 # status/stop answer fast; start --wait can take minutes (vLLM loads), so no read timeout.
@@ -147,6 +147,8 @@ class ControlClient:
         token = read_token(token_file or (Path(env_token) if env_token else None))
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         if host == "unix":  # a single-label Host: the API takes it as a local name
+            if reason := untrusted_socket_dir(Path(str(where)).parent):
+                raise ControlError(f"not connecting to unix:{where}: {reason}")
             self._target: tuple[str, int | None, str | None] = ("llm-supervisor", None, str(where))
         else:
             self._target = (host, int(where), None)

@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 
 from ..errors import ControlError
 from ..logsetup import get_logger
-from .address import parse_address, server_token
+from .address import ensure_socket_dir, parse_address, server_token
 from .api import create_app
 from .backend import ControlBackend
 
@@ -52,7 +52,7 @@ def _remove_stale_socket(path: Path) -> None:
 
 
 def bind_unix(path: Path, socket_group: str | None) -> socket.socket:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_socket_dir(path.parent)
     _remove_stale_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

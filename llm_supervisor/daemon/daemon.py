@@ -17,13 +17,15 @@ from typing import Any
 from .. import __version__
 from ..config.load import load_config
 from ..config.models import Config
+from ..config.offload import load_config_off_loop
 from ..control.server import serve_control
-from ..errors import SupervisorError, UpgradeError
+from ..errors import ConfigIssue, SupervisorError, UpgradeError
 from ..gateway.app import Gateway
 from ..gateway.relief import relieve
 from ..gpu.fake import make_backend
 from ..gpu.nvml import GpuMonitor
-from ..gpu.placement import Placement
+from ..gpu.placement import Placement, PlacementHooks
+from ..gpu.pressure import PressureEvent
 from ..logsetup import get_logger
 from ..process.registry import GroupRegistry
 from ..process.tree import find_marked, kill_refs, killpg
@@ -52,6 +54,7 @@ class DaemonOptions:
     log_dir: Path
     control: str
     gateway: tuple[str, int] | None = ("127.0.0.1", 11434)
+    gateway_keys: Path | None = None  # re-read with the config on every reload
     token_file: Path | None = None
     socket_group: str | None = None
     shutdown_timeout: float = 60.0
@@ -65,7 +68,7 @@ class Daemon:
     def __init__(self, options: DaemonOptions) -> None:
         self.options = options
         self.notifier = SystemdNotifier()
-        self.placement = Placement(GpuMonitor(make_backend()))
+        self.placement = Placement(GpuMonitor(make_backend()), self._placement_hooks())
         self.registry = GroupRegistry(options.state_dir)
         # Set by a previous program of this PID that re-executed itself (an upgrade).
         self.handover = Handover.take(os.environ)
@@ -94,7 +97,19 @@ class Daemon:
         self.backend: DaemonBackend
 
     def load(self) -> Config:
-        config, warnings = load_config(self.options.config_dir, self.placement.totals())
+        config, warnings = load_config(
+            self.options.config_dir, self.placement.totals(), keys_file=self.options.gateway_keys
+        )
+        return self._warned(config, warnings)
+
+    async def load_off_loop(self) -> Config:
+        """For reloads: the event loop keeps serving while a big file parses."""
+        loaded = await load_config_off_loop(
+            self.options.config_dir, self.placement.totals(), keys_file=self.options.gateway_keys
+        )
+        return self._warned(*loaded)
+
+    def _warned(self, config: Config, warnings: list[ConfigIssue]) -> Config:
         for issue in warnings:
             log.warning("config.warning", issue=issue.format())
         return config
@@ -208,14 +223,11 @@ class Daemon:
             listeners=[self._publish_summary],
             start_history=StartHistory(self.options.state_dir / "starts.json"),
         )
-        self.placement.manager = self.manager
         if self.options.gateway is not None:
-            gateway = self.gateway = Gateway(GatewayServices(self.manager))
-            self.placement.on_critical = lambda event: relieve(gateway, self.manager.config, event)
-        busy = self._busy
-        self.placement.busy = busy
+            self.gateway = Gateway(GatewayServices(self.manager))
+            self.manager.listeners.append(self.gateway.pins.on_state)  # pins load at ready
         self.reloader = Reloader(
-            self.options.config_dir, self.manager, self.load, busy=busy,
+            self.options.config_dir, self.manager, self.load, load_async=self.load_off_loop,
             on_reloading=self.notifier.reloading,
             on_done=lambda record: self.notifier.ready(),
         )  # fmt: skip
@@ -223,14 +235,27 @@ class Daemon:
             self.facts, self.manager, self.placement, self.gateway, self.reloader
         )
         self.backend = DaemonBackend(
-            self.manager, self.placement, self.reloader, self.report, self.request_upgrade
-        )
+            self.manager, self.placement, self.reloader, self.report, self.request_upgrade,
+            pins_loaded=self.gateway.pins.wait_loaded if self.gateway else None,
+        )  # fmt: skip
 
     def _publish_summary(self, *_: object) -> None:
         self.notifier.status(summary_line(self.manager))
 
-    def _busy(self, name: str) -> bool:
-        return self.gateway is not None and name in self.gateway.state.busy_services()
+    def _placement_hooks(self) -> PlacementHooks:
+        """Placement exists before the config (it validates GPU references), the services
+        after it: the hooks ask for them at each use."""
+
+        async def relieve_pressure(event: PressureEvent) -> None:
+            if self.gateway is not None:
+                state, client = self.gateway.state, self.gateway.client
+                await relieve(state, client, self.manager.config, event)
+
+        return PlacementHooks(
+            services=lambda: self.manager.services,
+            policy=lambda: self.manager.config.policy,
+            on_critical=relieve_pressure,
+        )
 
     async def _start(self, group: asyncio.TaskGroup) -> None:
         """Control socket and gateway first, then boot services, then READY=1."""

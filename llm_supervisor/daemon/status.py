@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..config.models import Config
 from ..durations import format_duration
 from ..gateway.app import Gateway
 from ..gpu.placement import Placement
@@ -102,9 +103,10 @@ class StatusReport:
         }
 
 
-def _model_row(row: dict[str, Any], config: Any) -> dict[str, Any]:
+def _model_row(row: dict[str, Any], config: Config) -> dict[str, Any]:
     """The gateway's view of one Ollama model, with the schema's names."""
-    return {**row, "name": row.get("model"), "pinned": row.get("model") in config.policy.pin}
+    model = str(row.get("model") or "")
+    return {**row, "name": row.get("model"), "pinned": config.policy.is_pinned(model)}
 
 
 def _rewrites(counts: Counter[tuple[str, str, str]]) -> list[dict[str, Any]]:

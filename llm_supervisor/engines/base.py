@@ -7,7 +7,9 @@ from typing import Protocol
 
 import aiohttp
 
-from ..config.models import ArgValue, Policy, ServiceConfig
+from ..config.models import ArgValue, Policy, ServiceConfig, ServiceSpec
+
+API_KEY_ENV = "VLLM_API_KEY"  # vLLM reads its key from here when --api-key is not given
 
 
 def flags(args: Mapping[str, ArgValue]) -> list[str]:
@@ -38,10 +40,29 @@ def make_prober() -> Prober:
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
 
 
-async def http_ok(client: Prober, url: str, timeout: float) -> bytes | None:
+def engine_api_key(spec: ServiceSpec) -> str | None:
+    """The key an engine was started with (``args: {api-key: …}`` or env VLLM_API_KEY):
+    probes and the gateway must present it, since clients present the gateway's own key."""
+    for name in ("api-key", "--api-key"):
+        value = spec.args.get(name)
+        if isinstance(value, str | int) and not isinstance(value, bool):
+            return str(value)
+    env = spec.env.get(API_KEY_ENV)
+    return str(env) if spec.engine == "vllm" and env is not None else None
+
+
+def auth_headers(spec: ServiceSpec) -> dict[str, str] | None:
+    key = engine_api_key(spec)
+    return {"Authorization": f"Bearer {key}"} if key else None
+
+
+async def http_ok(
+    client: Prober, url: str, timeout: float, headers: dict[str, str] | None = None
+) -> bytes | None:
     """The body if the server answered 2xx in time; None for anything else."""
     try:
-        async with client.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+        client_timeout = aiohttp.ClientTimeout(total=timeout)
+        async with client.get(url, timeout=client_timeout, headers=headers) as response:
             if not 200 <= response.status < 300:
                 return None
             return await response.read()
@@ -49,11 +70,18 @@ async def http_ok(client: Prober, url: str, timeout: float) -> bytes | None:
         return None
 
 
-async def http_post_ok(client: Prober, url: str, payload: object, timeout: float) -> bool:
+async def http_post_ok(
+    client: Prober,
+    url: str,
+    payload: object,
+    timeout: float,
+    headers: dict[str, str] | None = None,
+) -> bool:
     """True if the server answered the POST with 2xx in time (the body is read and dropped)."""
     try:
         client_timeout = aiohttp.ClientTimeout(total=timeout)
-        async with client.post(url, json=payload, timeout=client_timeout) as response:
+        post = client.post(url, json=payload, timeout=client_timeout, headers=headers)
+        async with post as response:
             await response.read()
             return 200 <= response.status < 300
     except (TimeoutError, aiohttp.ClientError, OSError):
@@ -68,7 +96,8 @@ async def openai_warmup(client: Prober, svc: ServiceConfig, timeout: float) -> b
     if not svc.spec.warmup or not svc.spec.public_name:
         return None
     payload = {"model": svc.spec.public_name, "prompt": WARMUP_PROMPT, "max_tokens": 1}
-    return await http_post_ok(client, f"{base_url(svc)}/v1/completions", payload, timeout)
+    url, headers = f"{base_url(svc)}/v1/completions", auth_headers(svc.spec)
+    return await http_post_ok(client, url, payload, timeout, headers)
 
 
 class Engine(Protocol):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..config.models import Policy, ServiceConfig
-from .base import Prober, base_url, flags, http_ok, openai_warmup
+from .base import Prober, auth_headers, base_url, flags, http_ok, openai_warmup
 
 
 class CommandEngine:
@@ -21,7 +21,7 @@ class CommandEngine:
         return f"{base_url(svc)}{svc.spec.health.ready_path or '/v1/models'}"
 
     async def ready(self, client: Prober, svc: ServiceConfig, timeout: float) -> bool:
-        return await http_ok(client, self._url(svc), timeout) is not None
+        return await http_ok(client, self._url(svc), timeout, auth_headers(svc.spec)) is not None
 
     async def live(self, client: Prober, svc: ServiceConfig, timeout: float) -> bool:
         return await self.ready(client, svc, timeout)

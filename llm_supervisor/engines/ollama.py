@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..config.modelnames import same_model
 from ..config.models import Policy, ServiceConfig
 from ..durations import to_ollama_keep_alive
 from .base import WARMUP_PROMPT, Prober, base_url, flags, http_ok, http_post_ok
@@ -42,7 +43,7 @@ class OllamaEngine:
     ) -> bool | None:
         """Load each of the policy's warm-up models this server offers and ask for one token,
         with the forced options (a different num_ctx would make the next request reload)."""
-        models = [m for m in policy.warmup if m in svc.spec.models]
+        models = [m for m in policy.warmup if any(same_model(m, o) for o in svc.spec.models)]
         if not models:
             return None
         options = {**policy.ollama_options, "num_predict": 1}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from ..config.models import Policy, ServiceConfig
-from .base import Prober, base_url, flags, http_ok, openai_warmup
+from .base import Prober, auth_headers, base_url, flags, http_ok, openai_warmup
 
 
 class VllmEngine:
@@ -30,7 +30,9 @@ class VllmEngine:
 
     async def ready(self, client: Prober, svc: ServiceConfig, timeout: float) -> bool:
         # /health answers before the model can serve; /v1/models listing our name is ready.
-        body = await http_ok(client, f"{base_url(svc)}/v1/models", timeout)
+        # With --api-key, vLLM answers /v1/* only to that key (/health stays open).
+        url = f"{base_url(svc)}/v1/models"
+        body = await http_ok(client, url, timeout, auth_headers(svc.spec))
         if body is None:
             return False
         try:

@@ -18,12 +18,13 @@ from aiohttp import web
 from ..errors import StartFailedError
 from ..logsetup import get_logger
 from . import ollama_api, openai_api
+from .auth import host_allowed, host_refused, is_loopback_bind, presented_key, unauthorized
 from .backend import GatewayBackend, Rebuild, Upstream
 from .idle import IdleWatcher
 from .models_view import Clock, PolicyState
 from .pins import PinReconciler
 from .queue import WaitingRoom, queue_document, retry_after
-from .routing import ollama_for
+from .routing import ollama_for, routes_for
 from .stats import GatewayStats
 from .upstream import (
     FIRST_BYTE_AT,
@@ -59,15 +60,31 @@ class Gateway:
     ) -> None:
         self.backend = backend
         self.stats = stats or GatewayStats()
+        self.stats.known = lambda: routes_for(backend.config()).known_models
         self.state = PolicyState(backend, self.stats, clock)
         self.client = UpstreamClient()
         self.pins = PinReconciler(self.state, self.client, pin_interval)
-        self.idle = IdleWatcher(self.state, idle_interval)
+        self.idle = IdleWatcher(backend, idle_interval)
         self.waiting = WaitingRoom()
         self.started_at = int(clock())
         self.port: int | None = None  # the bound port once serving (useful with port 0)
+        self.loopback = True  # bound to loopback: the Host header is checked as Ollama does
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        # Before the body is read (and before 100-continue invites it): who is asking.
+        # The Host header itself: aiohttp's request.host falls back to a DNS lookup.
+        if self.loopback and not host_allowed(request.headers.get("Host", "")):
+            self.stats.refusals["host"] += 1
+            return host_refused()
+        client = None
+        if (keys := self.backend.config().gateway_keys) is not None:
+            presented = presented_key(request)
+            client = keys.lookup(presented)
+            if client is None:
+                self.stats.refusals["no_key" if presented is None else "bad_key"] += 1
+                log.info("gateway.unauthorized", client=request.remote, path=request.path)
+                return unauthorized(request.path)
+            self.stats.key_requests[client.name] += 1
         if request.version >= (1, 1) and _expects_continue(request):
             # aiohttp's router would answer this; the low-level server leaves it to us. The
             # client waits for it before sending the body (curl: 1 s, then sends anyway).
@@ -75,9 +92,9 @@ class Gateway:
             request.writer.output_size = 0  # the response proper has not started
         path = request.path
         if path.startswith("/api/"):
-            return await ollama_api.handle(self, request)
+            return await ollama_api.handle(self, request, client)
         if path.startswith("/v1/"):
-            return await openai_api.handle(self, request)
+            return await openai_api.handle(self, request, client)
         if path == "/" and (up := ollama_for(self.backend.config(), None)):
             return await self.route(up, request, b"", ollama_error, ensure=False)
         return json_response(404, {"error": f"no route for {path}"})
@@ -109,21 +126,28 @@ class Gateway:
         request to the first fallback that is ready or can start.
         """
         started = time.perf_counter()  # latency as clients feel it: a start included
-        if ensure:
-            alternatives = self._fallbacks(model) if rebuild is not None else ()
-            refusal = await self._wait_ready(up, error_body, bool(alternatives))
-            if refusal is not None:
-                served = await self._fall_back(request, model, api, rebuild, alternatives, started)
-                if served is not None:
-                    return served
-                if refusal is STILL_LOADING:
-                    refusal = await self._wait_ready(up, error_body, False)
-                if isinstance(refusal, web.Response):
-                    return refusal
-        return await self._forward(up, request, body, error_body, started, model=model, api=api)
+        alternatives = self._fallbacks(model) if ensure and rebuild is not None else ()
+        # The lease first: from now on the service is in use, so an idle stop or an eviction
+        # that has not decided yet leaves it running (and one that has is waited out).
+        with self.backend.lease(up.service):
+            refusal = await self._wait_ready(up, error_body, bool(alternatives)) if ensure else None
+            if refusal is None:
+                return await self._forward(
+                    up, request, body, error_body, started, model=model, api=api
+                )
+        served = await self._fall_back(request, model, api, rebuild, alternatives, started)
+        if served is not None:
+            return served
+        if isinstance(refusal, web.Response):
+            return refusal
+        with self.backend.lease(up.service):  # still loading, and no fallback could serve
+            refusal = await self._wait_ready(up, error_body, False)
+            if isinstance(refusal, web.Response):
+                return refusal
+            return await self._forward(up, request, body, error_body, started, model=model, api=api)
 
     def _fallbacks(self, model: str | None) -> tuple[str, ...]:
-        return self.backend.config().policy.fallbacks.get(model, ()) if model else ()
+        return self.backend.config().policy.fallbacks_for(model) if model else ()
 
     async def _wait_ready(
         self, up: Upstream, error_body: ErrorBody, may_fall_back: bool
@@ -175,17 +199,18 @@ class Gateway:
             if built is None:
                 continue  # focus (or the client's key) does not allow that model
             up, body = built
-            try:
-                await self.backend.ensure_ready(up.service)
-            except (StartFailedError, TimeoutError):
-                continue
-            self.stats.fallbacks[(model, alternative)] += 1
-            log.info("gateway.fallback", model=model, fallback=alternative, service=up.service)
-            header = (FALLBACK_HEADER, f"{model} -> {alternative}")
-            return await self._forward(
-                up, request, body, _error_body(api), started,
-                model=alternative, api=api, headers=[header],
-            )  # fmt: skip
+            with self.backend.lease(up.service):  # the fallback's service is in use too
+                try:
+                    await self.backend.ensure_ready(up.service)
+                except (StartFailedError, TimeoutError):
+                    continue
+                self.stats.fallbacks[(model, alternative)] += 1
+                log.info("gateway.fallback", model=model, fallback=alternative, service=up.service)
+                header = (FALLBACK_HEADER, f"{model} -> {alternative}")
+                return await self._forward(
+                    up, request, body, _error_body(api), started,
+                    model=alternative, api=api, headers=[header],
+                )  # fmt: skip
         return None
 
     async def _forward(
@@ -200,11 +225,13 @@ class Gateway:
         api: str,
         headers: list[tuple[str, str]] | None = None,
     ) -> web.StreamResponse:
-        self.backend.note_request(up.service)
         self.stats.requests[(up.service, api)] += 1
-        self.state.request_started(up.service, model)
+        if model:
+            self.state.request_started(model)
+        # With gateway keys, the client's key is the gateway's business: never the engine's.
+        keyed = self.backend.config().gateway_keys is not None
         try:
-            response = await self.client.forward(up, request, body, headers)
+            response = await self.client.forward(up, request, body, headers, strip_auth=keyed)
             first_byte = response.get(FIRST_BYTE_AT)
             self.stats.observe(
                 up.service,
@@ -229,7 +256,8 @@ class Gateway:
                 log.info("gateway.client_disconnect", service=up.service, model=model)
             raise
         finally:
-            self.state.request_ended(up.service, model)
+            if model:
+                self.state.request_ended(model)
 
     def queue(self) -> dict[str, Any]:
         """``GET /v1/queue`` and ``/api/queue``: where a waiting client stands, per model."""
@@ -239,10 +267,14 @@ class Gateway:
         """Per service: state, requests waiting for its start and in flight, the ETA."""
         facts = {}
         for service, state in self.backend.states().items():
+            waiting = self.waiting.counts.get(service, 0)
+            usage = self.backend.usage(service)
+            # The Service counts every request that holds it, waiting ones included.
+            in_use = usage.in_flight if usage is not None else 0
             facts[service] = {
                 "state": state,
-                "waiting": self.waiting.counts.get(service, 0),
-                "in_flight": max(0, self.state.in_flight.get(service, 0)),
+                "waiting": waiting,
+                "in_flight": max(0, in_use - waiting),
                 "eta_s": None if state == "ready" else self.backend.eta(service),
             }
         return facts
@@ -268,6 +300,13 @@ class Gateway:
         """
         # handler_cancellation: a client that hangs up cancels its handler, and with it the
         # engine request (the rule "client gone → upstream cancelled").
+        self.loopback = is_loopback_bind(host)
+        if not self.loopback and self.backend.config().gateway_keys is None:
+            log.warning(
+                "gateway.open_without_keys", address=f"{host}:{port}",
+                hint="anyone who can reach this address can use every model; "
+                "see --gateway-keys in the README's Security section",
+            )  # fmt: skip
         server = web.Server(self.handle, handler_cancellation=True, access_log=None)
         runner = web.ServerRunner(server, shutdown_timeout=GRACEFUL_SHUTDOWN)
         await runner.setup()
@@ -294,6 +333,7 @@ class Gateway:
                 loop_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await loop_task
+            await self.pins.close()
             await self.client.close()
 
 
@@ -319,15 +359,3 @@ def _error_body(api: str) -> ErrorBody:
 
 def _expects_continue(request: web.BaseRequest) -> bool:
     return request.headers.get("Expect", "").lower() == "100-continue"
-
-
-async def serve_gateway(
-    backend: GatewayBackend,
-    host: str,
-    port: int,
-    *,
-    ready_event: asyncio.Event | None = None,
-    gateway: Gateway | None = None,
-) -> None:
-    """Run the gateway (server + pin and idle loops) until cancelled."""
-    await (gateway or Gateway(backend)).serve(host, port, ready_event)

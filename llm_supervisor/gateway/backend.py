@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..config.models import Config
+from ..service.usage import Usage
 
 
 @dataclass(frozen=True)
@@ -16,6 +18,8 @@ class Upstream:
     service: str
     engine: str  # "vllm" | "ollama" | "command"
     port: int
+    served: str | None = None  # vLLM/command: the exact model name the engine answers to
+    api_key: str | None = field(default=None, repr=False)  # the engine's own key, sent upstream
 
     @property
     def base_url(self) -> str:
@@ -29,18 +33,23 @@ Rebuild = Callable[[str], tuple[Upstream, bytes] | None]
 
 
 class GatewayBackend(Protocol):
-    """Implemented by the Manager. The gateway never reads service state to decide a start."""
+    """Implemented by the daemon (DaemonBackend). The gateway asks for outcomes; the services
+    decide (a start, an idle stop) themselves."""
 
     def config(self) -> Config:
         """The current config; swapped on reload, so callers ask again each time."""
+        ...
+
+    def lease(self, service: str) -> AbstractContextManager[object]:
+        """Held around each request: the service is in use (no idle stop, no eviction)."""
         ...
 
     async def ensure_ready(self, service: str) -> None:
         """Start an on-demand or stopped service and wait until ready (StartFailedError)."""
         ...
 
-    async def stop_idle(self, service: str) -> None:
-        """Stop a service because nobody used it for its keep_alive."""
+    async def stop_if_idle(self, service: str, idle_for: float) -> bool:
+        """Stop the service if nobody used it for ``idle_for`` seconds; True if it stopped."""
         ...
 
     def eta(self, service: str) -> float | None:
@@ -51,6 +60,6 @@ class GatewayBackend(Protocol):
         """Each service's state by name, for the queue a waiting client may ask about."""
         ...
 
-    def note_request(self, service: str) -> None:
-        """A request was routed to the service (for idle tracking and LRU eviction)."""
+    def usage(self, service: str) -> Usage | None:
+        """Requests holding the service and its last use; None for an unknown service."""
         ...

@@ -13,11 +13,10 @@ Ollama's semantics, read in ollama/ollama:
 
 from __future__ import annotations
 
-import fnmatch
-import math
 from dataclasses import dataclass, replace
 from typing import cast
 
+from ..config.modelnames import matches_model_pattern
 from ..config.models import Policy
 from ..durations import FOREVER, format_duration, to_ollama_keep_alive
 
@@ -111,29 +110,18 @@ def parse_ollama_keep_alive(value: object) -> float | None:
     raise KeepAliveParseError(f"Unsupported type: '{kind}'")
 
 
-def canonical_model(name: str) -> str:
-    """Ollama treats ``llama3.2`` and ``llama3.2:latest`` as one model."""
-    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
-
-
-def model_matches(model: str, pattern: str) -> bool:
-    names = {model, canonical_model(model)}
-    patterns = {pattern, canonical_model(pattern)} if "*" not in pattern else {pattern}
-    return any(fnmatch.fnmatchcase(n, p) for n in names for p in patterns)
-
-
 def rule_for(model: str, policy: Policy) -> tuple[str, float]:
     """The rule that decides a model's keep_alive: (rule label, seconds)."""
-    if any(model_matches(model, pin) for pin in policy.pin):
+    if policy.is_pinned(model):
         return "pin", FOREVER
     for rule in policy.keep_alive.rules:
-        if model_matches(model, rule.match):
+        if matches_model_pattern(model, rule.match):
             return rule.match, rule.keep_alive
     return "default", policy.keep_alive.default
 
 
 def focus_allows(model: str, policy: Policy) -> bool:
-    return not policy.focus or any(model_matches(model, f) for f in policy.focus)
+    return not policy.focus or any(matches_model_pattern(model, f) for f in policy.focus)
 
 
 @dataclass(frozen=True)
@@ -185,7 +173,3 @@ def resolve_keep_alive(model: str, client_value: object, policy: Policy) -> Deci
     if not swap:
         return replace(keep, reason=reason)
     return Decision(to_ollama_keep_alive(target), raw, rule, True, reason, target)
-
-
-def is_forever(seconds: float) -> bool:
-    return math.isinf(seconds)

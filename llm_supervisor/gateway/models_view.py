@@ -8,14 +8,16 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from ..config.modelnames import canonical_model_name
 from ..config.models import Config
 from ..durations import format_duration
 from .backend import GatewayBackend
 from .idle import idle_deadline, service_keep_alive
-from .keepalive import canonical_model, rule_for
+from .keepalive import rule_for
 from .stats import GatewayStats
 
 Clock = Callable[[], float]
+MAX_MODEL_ENTRIES = 4096  # per-model memory beyond this keeps only configured or loaded models
 
 
 def iso(ts: float | None) -> str | None:
@@ -33,44 +35,45 @@ def parse_expires_at(value: object) -> float | None:
 
 
 class PolicyState:
-    """Usage the gateway saw: last request per service and per Ollama model, in-flight counts,
-    and the last ``/api/ps`` of each Ollama service. Only the gateway's tasks mutate it."""
+    """What the gateway saw of Ollama models: last request and in-flight count per model, and
+    the last ``/api/ps`` of each Ollama service. Only the gateway's tasks mutate it. (Usage per
+    service is the Service's own: ``backend.usage``.)"""
 
     def __init__(self, backend: GatewayBackend, stats: GatewayStats, clock: Clock = time.time):
         self.backend = backend
         self.stats = stats
         self.clock = clock
-        self.last_request: dict[str, float] = {}  # service → last activity (start or end)
-        self.model_last_request: dict[str, float] = {}  # canonical Ollama model → same
-        self.in_flight: Counter[str] = Counter()
+        self.model_last_request: dict[str, float] = {}  # canonical Ollama model → start or end
         self.models_in_flight: Counter[str] = Counter()
-        self.idle_stopped: set[str] = set()  # stopped for idleness (or never started)
         self.ps: dict[str, list[Mapping[str, Any]] | None] = {}  # None: service unreachable
 
-    def request_started(self, service: str, model: str | None = None) -> None:
-        self._touch(service, model)
-        self.in_flight[service] += 1
-        self.idle_stopped.discard(service)
-        if model:
-            self.models_in_flight[canonical_model(model)] += 1
+    def request_started(self, model: str) -> None:
+        self.note_model(model)
+        self.models_in_flight[canonical_model_name(model)] += 1
 
-    def request_ended(self, service: str, model: str | None = None) -> None:
-        self._touch(service, model)
-        self.in_flight[service] -= 1
-        if model:
-            self.models_in_flight[canonical_model(model)] -= 1
+    def request_ended(self, model: str) -> None:
+        name = canonical_model_name(model)
+        self._note(name, self.clock())
+        self.models_in_flight[name] -= 1
+        if self.models_in_flight[name] <= 0:  # client-chosen names must not pile up
+            del self.models_in_flight[name]
 
     def note_model(self, model: str) -> None:
-        self.model_last_request[canonical_model(model)] = self.clock()
+        self._note(canonical_model_name(model), self.clock())
 
-    def _touch(self, service: str, model: str | None) -> None:
-        now = self.clock()
-        self.last_request[service] = now
-        if model:
-            self.model_last_request[canonical_model(model)] = now
+    def _note(self, model: str, now: float) -> None:
+        self.model_last_request[model] = now
+        if len(self.model_last_request) > MAX_MODEL_ENTRIES:
+            self._forget_strangers()
 
-    def busy_services(self) -> frozenset[str]:
-        return frozenset(s for s, n in self.in_flight.items() if n > 0)
+    def _forget_strangers(self) -> None:
+        """Keep the models the config names or an Ollama has loaded; a flood of random names
+        (each a 404 from Ollama) must not grow the daemon without bound."""
+        keep = set(self.stats.known())
+        for rows in self.ps.values():
+            keep.update(canonical_model_name(str(m.get("name", ""))) for m in rows or ())
+        for name in [m for m in self.model_last_request if m not in keep]:
+            del self.model_last_request[name]
 
     def busy_models(self) -> frozenset[str]:
         return frozenset(m for m, n in self.models_in_flight.items() if n > 0)
@@ -102,8 +105,9 @@ class PolicyState:
         for name, svc in config.services.items():
             if svc.spec.engine != "ollama":
                 continue
-            loaded = {canonical_model(str(m.get("name", ""))): m for m in self.ps.get(name) or ()}
-            names = dict.fromkeys([*map(canonical_model, svc.spec.models), *loaded])
+            listed = self.ps.get(name) or ()
+            loaded = {canonical_model_name(str(m.get("name", ""))): m for m in listed}
+            names = dict.fromkeys([*map(canonical_model_name, svc.spec.models), *loaded])
             for model in names:
                 rows.append(self._ollama_row(name, model, loaded.get(model), config))
         return rows
@@ -130,17 +134,19 @@ class PolicyState:
             if svc.spec.engine != "vllm":
                 continue
             rule, seconds = service_keep_alive(svc.spec, config.policy)
-            last = self.last_request.get(name)
+            usage = self.backend.usage(name)
+            if usage is None:
+                continue  # removed by a reload a moment ago
             rows.append(
                 {
                     "service": name,
                     "model": svc.spec.public_name,
                     "keep_alive": format_duration(seconds),
                     "rule": rule,
-                    "last_request": iso(last),
-                    "in_flight": self.in_flight.get(name, 0),
-                    "idle_deadline": iso(idle_deadline(last, seconds)),
-                    "stopped_idle": name in self.idle_stopped,
+                    "last_request": iso(usage.last_request),
+                    "in_flight": usage.in_flight,
+                    "idle_deadline": iso(idle_deadline(usage.idle_since, seconds)),
+                    "stopped_idle": usage.stopped_idle,
                 }
             )
         return rows

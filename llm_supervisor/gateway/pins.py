@@ -5,6 +5,9 @@ unloads a pinned model (keep_alive 0), or shortens its expiry; and /v1 requests,
 no keep_alive at all (Ollama's OpenAI middleware has none), so a model they load gets
 OLLAMA_KEEP_ALIVE. Loads use the policy's ollama_options: a different num_ctx would make
 Ollama reload the model on the next request (server/sched.go needsReload).
+
+Pins load as soon as their Ollama service becomes ready (a service state listener), and again
+on every later ready (after a crash and restart); the periodic loop only repairs.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ from typing import Any
 
 import aiohttp
 
+from ..config.modelnames import canonical_model_name
 from ..config.models import Config, Policy
 from ..durations import format_duration, to_ollama_keep_alive
 from ..logsetup import get_logger
+from ..service.states import State
 from .backend import Upstream
-from .keepalive import canonical_model, model_matches, rule_for
+from .keepalive import rule_for
 from .models_view import PolicyState, parse_expires_at
 from .routing import ollama_listing, ollama_services
 from .upstream import UpstreamClient
@@ -58,10 +63,10 @@ def reconcile(
     finite keep_alive is owed from then, so an earlier expiry means someone shortened it.
     """
     last = last_request or {}
-    loaded = {canonical_model(str(m.get("name") or m.get("model"))): m for m in ps_models}
+    loaded = {canonical_model_name(str(m.get("name") or m.get("model"))): m for m in ps_models}
     actions = []
     for pin in policy.pin if pins is None else pins:
-        if canonical_model(pin) not in loaded:
+        if canonical_model_name(pin) not in loaded:
             actions.append(PinAction(pin, -1, "pin", "pinned but not loaded"))
     if policy.keep_alive.mode == "observe":
         return actions
@@ -115,6 +120,28 @@ class PinReconciler:
         self.state = state
         self.client = client
         self.interval = interval
+        self._locks: dict[str, asyncio.Lock] = {}  # one reconcile per service at a time
+        self._on_ready: dict[str, asyncio.Task[list[PinAction]]] = {}
+
+    def on_state(self, name: str, old: State, new: State, reason: str) -> None:
+        """Service listener: an Ollama service that became ready loads its pins right away."""
+        svc = self.state.backend.config().services.get(name)
+        if new is not State.READY or svc is None or svc.spec.engine != "ollama":
+            return
+        task = asyncio.get_running_loop().create_task(self._load_at_ready(name))
+        self._on_ready[name] = task
+
+    async def wait_loaded(self, name: str) -> None:
+        """Until the pin loads that ``name``'s last ready started have ended (ok or not)."""
+        task = self._on_ready.get(name)
+        if task is not None:
+            await asyncio.shield(task)
+
+    async def close(self) -> None:
+        tasks = list(self._on_ready.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def reconcile_once(self) -> list[PinAction]:
         config = self.state.backend.config()
@@ -123,7 +150,22 @@ class PinReconciler:
             done += await self._service(config, up)
         return done
 
+    async def _load_at_ready(self, name: str) -> list[PinAction]:
+        config = self.state.backend.config()
+        try:
+            for up in ollama_services(config):
+                if up.service == name:
+                    return await self._service(config, up)
+        except Exception:  # crash-only: the loop repairs what this missed
+            log.exception("keepalive.pins_at_ready_failed", service=name)
+        return []
+
     async def _service(self, config: Config, up: Upstream) -> list[PinAction]:
+        # The ready listener and the loop may meet: the second one sees the first's loads.
+        async with self._locks.setdefault(up.service, asyncio.Lock()):
+            return await self._reconcile_service(config, up)
+
+    async def _reconcile_service(self, config: Config, up: Upstream) -> list[PinAction]:
         try:
             models = (await self.client.get_json(up, "/api/ps")).get("models") or []
         except (aiohttp.ClientError, TimeoutError, ValueError):
@@ -178,7 +220,3 @@ class PinReconciler:
         while True:
             await self.reconcile_once()
             await asyncio.sleep(self.interval)
-
-
-def pinned(model: str, policy: Policy) -> bool:
-    return any(model_matches(model, p) for p in policy.pin)

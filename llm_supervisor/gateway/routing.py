@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..config.modelnames import canonical_model_name
 from ..config.models import Config, ServiceConfig
+from ..engines.base import engine_api_key
 from .backend import Upstream
-from .keepalive import canonical_model
+
+_GLOB = frozenset("*?[")
 
 OPENAI_ENGINES = ("vllm", "command")
 
 
 def upstream_of(svc: ServiceConfig) -> Upstream:
-    return Upstream(svc.name, svc.spec.engine, svc.spec.port)
+    served = svc.spec.public_name if svc.spec.engine in OPENAI_ENGINES else None
+    return Upstream(svc.name, svc.spec.engine, svc.spec.port, served, engine_api_key(svc.spec))
 
 
 class Routes:
@@ -28,18 +32,21 @@ class Routes:
         self.ollama: tuple[Upstream, ...] = ()
         self._listing: dict[str, Upstream] = {}  # canonical model name → first lister
         self._openai: dict[str, Upstream] = {}  # vLLM/command public name → service
+        self._openai_folded: dict[str, Upstream] = {}  # the same, by canonical name
         for svc in config.services.values():
             up = upstream_of(svc)
             if svc.spec.engine == "ollama":
                 self.ollama += (up,)
                 for name in svc.spec.models:
-                    self._listing.setdefault(canonical_model(name), up)
+                    self._listing.setdefault(canonical_model_name(name), up)
             elif svc.spec.engine in OPENAI_ENGINES and svc.spec.public_name:
                 self._openai.setdefault(svc.spec.public_name, up)
+                self._openai_folded.setdefault(canonical_model_name(svc.spec.public_name), up)
+        self.known_models = _known_models(config)
 
     def ollama_listing(self, model: str) -> Upstream | None:
         """The Ollama service whose ``models`` lists the model (``:latest`` implied)."""
-        return self._listing.get(canonical_model(model))
+        return self._listing.get(canonical_model_name(model))
 
     def ollama_for(self, model: str | None) -> Upstream | None:
         """Native /api/* routes: the service listing the model, else the first Ollama one."""
@@ -47,8 +54,22 @@ class Routes:
         return found or (self.ollama[0] if self.ollama else None)
 
     def openai_route(self, model: str) -> Upstream | None:
-        """/v1/*: a vLLM/command service serving that name, else an Ollama one listing it."""
-        return self._openai.get(model) or self.ollama_listing(model)
+        """/v1/*: a vLLM/command service serving that name (exactly, else the Ollama way),
+        else an Ollama one listing it."""
+        return (
+            self._openai.get(model)
+            or self._openai_folded.get(canonical_model_name(model))
+            or self.ollama_listing(model)
+        )
+
+
+def _known_models(config: Config) -> dict[str, str]:
+    """Every model name the config spells out (not globs): the only ones metrics label."""
+    policy = config.policy
+    names: list[str] = [*policy.pin, *policy.focus, *(r.match for r in policy.keep_alive.rules)]
+    for svc in config.services.values():
+        names += svc.spec.models if svc.spec.engine == "ollama" else [svc.spec.public_name or ""]
+    return {canonical_model_name(n): n for n in reversed(names) if n and not _GLOB & set(n)}
 
 
 _current: list[Routes] = []  # one slot: the daemon has one current Config at a time

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +17,9 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from ..config.modelnames import canonical_model_name
+
+OTHER = "other"  # the label of every model no service offers and no rule names
 # Seconds, from a cached answer to a long generation (and an on-demand start behind it).
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
            300.0, 600.0)  # fmt: skip
@@ -53,6 +56,9 @@ class Histogram:
 
 @dataclass
 class GatewayStats:
+    """Model labels are bounded: a client may send any name, so only models the config knows
+    (``known``: canonical name → the config's spelling) get their own label."""
+
     requests: Counter[tuple[str, str]] = field(default_factory=Counter)  # (service, api)
     rewrites: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (model, rule, kind)
     observed: Counter[tuple[str, str]] = field(default_factory=Counter)  # (model, rule)
@@ -61,6 +67,13 @@ class GatewayStats:
     disconnects: Counter[str] = field(default_factory=Counter)  # service
     fallbacks: Counter[tuple[str, str]] = field(default_factory=Counter)  # (model, fallback)
     bad_keep_alive: int = 0
+    refusals: Counter[str] = field(default_factory=Counter)  # reason: host, no_key, bad_key …
+    key_requests: Counter[str] = field(default_factory=Counter)  # API key name (never the key)
+    known: Callable[[], Mapping[str, str]] = lambda: {}
+
+    def label(self, model: str) -> str:
+        return self.known().get(canonical_model_name(model), OTHER)
+
     latency: dict[tuple[str, str], Histogram] = field(default_factory=dict)  # (service, route)
     first_byte: dict[tuple[str, str], Histogram] = field(default_factory=dict)  # streams only
 
@@ -84,6 +97,8 @@ class GatewayStats:
             "disconnects": dict(self.disconnects),
             "fallbacks": {f"{m} -> {f}": n for (m, f), n in self.fallbacks.items()},
             "bad_keep_alive": self.bad_keep_alive,
+            "refusals": dict(self.refusals),
+            "key_requests": dict(self.key_requests),
             "latency_counts": {f"{s}/{r}": sum(h.counts) for (s, r), h in self.latency.items()},
             "first_byte_counts": {
                 f"{s}/{r}": sum(h.counts) for (s, r), h in self.first_byte.items()
@@ -133,6 +148,18 @@ class _StatsCollector(Collector):
             "Client disconnects that cancelled an upstream request",
             ["service"],
             {(k,): v for k, v in s.disconnects.items()},
+        )
+        yield _family(
+            "llm_supervisor_gateway_refusals",
+            "Requests refused before routing (host, no_key, bad_key, admin, model, body)",
+            ["reason"],
+            {(k,): v for k, v in s.refusals.items()},
+        )
+        yield _family(
+            "llm_supervisor_gateway_key_requests",
+            "Requests accepted per API key name",
+            ["key"],
+            {(k,): v for k, v in s.key_requests.items()},
         )
         yield _histogram(
             "llm_supervisor_gateway_request_seconds",

@@ -35,6 +35,7 @@ _DROP = frozenset(
         "expect",  # the gateway answers 100-continue itself and forwards the whole body
     }
 )  # fmt: skip
+_DROP_AUTH = _DROP | {"authorization", "x-api-key"}  # the client's key stays at the gateway
 _DROP_RESPONSE = _DROP - {"content-length"}  # body bytes pass unchanged: length stays right
 _BUFFER_LIMIT = 1 << 20  # answers with a known length below this are sent in one write
 
@@ -112,6 +113,8 @@ class UpstreamClient:
         request: web.BaseRequest,
         body: bytes | AsyncIterator[bytes] | None,
         extra_headers: list[tuple[str, str]] | None = None,
+        *,
+        strip_auth: bool = False,
     ) -> web.StreamResponse:
         """Proxy the exchange. A client hang-up cancels this task (handler_cancellation),
         and the cancellation closes the engine connection, so the engine stops the work."""
@@ -120,7 +123,7 @@ class UpstreamClient:
                 request.method,
                 up.base_url + request.raw_path,  # raw_path keeps the query string as sent
                 data=body or None,  # b"": no payload object, aiohttp still sends the length
-                headers=_request_headers(request),
+                headers=_request_headers(request, up, strip_auth),
                 allow_redirects=False,
             )
         except aiohttp.ClientConnectionError as exc:
@@ -168,8 +171,13 @@ def _response_headers(resp: aiohttp.ClientResponse, drop: frozenset[str]) -> lis
     return [(k, v) for k, v in resp.headers.items() if k.lower() not in drop]
 
 
-def _request_headers(request: web.BaseRequest) -> list[tuple[str, str]]:
-    headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _DROP]
+def _request_headers(
+    request: web.BaseRequest, up: Upstream, strip_auth: bool
+) -> list[tuple[str, str]]:
+    drop = _DROP_AUTH if strip_auth or up.api_key else _DROP
+    headers = [(k, v) for k, v in request.headers.items() if k.lower() not in drop]
+    if up.api_key:  # the engine's own key (vLLM --api-key) replaces whatever the client sent
+        headers.append(("Authorization", f"Bearer {up.api_key}"))
     if request.remote:
         headers.append(("X-Forwarded-For", request.remote))
     return headers

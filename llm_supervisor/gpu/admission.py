@@ -1,10 +1,11 @@
 """VRAM admission before a start: pure decisions over one NVML device reading.
 
-The caller (the Manager, holding the GPU's start lock) takes a fresh snapshot and asks
-``decide_admission``. ``Evict`` names idle services to stop, least recently used first;
-the caller stops them, waits for their memory (``memory_released``), takes a new snapshot
-and asks again. ``Evict`` is only returned when stopping those services would cover the
-shortfall by the numbers known, so the second round normally admits or refuses.
+The caller (``Placement.admit``, inside the starting service's per-GPU start gate) takes a
+fresh snapshot and asks ``decide_admission``. ``Evict`` names idle services to stop, least
+recently used first; the caller asks each to stop if it is still idle (a request may have
+come since), waits for their memory (``wait_released``), takes a new snapshot and asks
+again. ``Evict`` is only returned when stopping those services would cover the shortfall by
+the numbers known, so the second round normally admits or refuses.
 """
 
 from __future__ import annotations
@@ -14,14 +15,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..config.models import ServiceSpec
-from .snapshot import GpuDevice, GpuSnapshot, fmt_mib
+from .snapshot import GpuDevice, fmt_mib
 
 
 @dataclass(frozen=True)
 class EvictionCandidate:
     """A service placed on the device (pass every one of them, busy ones too).
 
-    ``idle_since``: monotonic time of its last request, None while it is busy or starting.
+    ``idle_since``: when it was last used (only the order counts), None while in use or not
+    running.
     ``vram_bytes``: memory it holds on this GPU (attributed by NVML, else its budget);
     None when unknown. ``pids``: its whole process tree, to name holders in messages.
     """
@@ -149,24 +151,3 @@ def describe_holders(
             tags.append(f"service {owner[proc.pid]}")
         parts.append(f"pid {proc.pid} ({', '.join(tags)}) {fmt_mib(proc.used_memory)}")
     return ", ".join(parts)
-
-
-def memory_released(
-    before: set[int],
-    snapshot: GpuSnapshot,
-    device_ref: int | str | None = None,
-    need_bytes: int | None = None,
-) -> bool:
-    """True once no pid of the old process tree is listed by NVML, or the memory is back.
-
-    "Memory is back" means the device ``device_ref`` has ``need_bytes`` free. An unavailable
-    snapshot returns True: nothing can be confirmed, and the wait must not block starts.
-    """
-    if not snapshot.available:
-        return True
-    if not any(before & dev.pids() for dev in snapshot.devices):
-        return True
-    if device_ref is not None and need_bytes is not None:
-        dev = snapshot.resolve(device_ref)
-        return dev is not None and dev.error is None and dev.memory_free >= need_bytes
-    return False

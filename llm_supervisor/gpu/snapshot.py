@@ -19,10 +19,6 @@ def fmt_mib(n: int | None) -> str:
     return "? MiB" if n is None else f"{n // MIB} MiB"
 
 
-def fmt_gib(n: int) -> str:
-    return f"{n / GIB:.1f} GiB"
-
-
 @dataclass(frozen=True)
 class GpuProcess:
     """A compute process NVML lists on a device; ``used_memory`` None when NVML cannot tell."""

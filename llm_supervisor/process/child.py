@@ -19,8 +19,8 @@ from pathlib import Path
 
 from ..errors import StartFailedError
 from ..logsetup import get_logger
-from .logfollow import LogFollower, open_log_for_append
-from .output import OutputRing, pump
+from .logfollow import LogFollower, open_spool
+from .output import OutputRing, RotatingFile, pump
 from .tree import (
     MARKER_ENV,
     ProcRef,
@@ -141,8 +141,7 @@ class ChildProcess:
         self._exit = exited
         self._pump: asyncio.Task[None] | None = None
         self.follower: LogFollower | None = None
-        self.log_path: Path | None = None
-        self.log_start = 0  # where this run's output starts in the log file
+        self.spool: Path | None = None
         # Told when new descendants appear (the daemon persists them for the orphan sweep).
         self.on_tree_grew: Callable[[ChildProcess], None] | None = None
 
@@ -155,11 +154,13 @@ class ChildProcess:
         *,
         marker: str,
         ring: OutputRing,
-        log_path: Path | None,
+        sink: RotatingFile | None,
+        spool: Path | None,
         cwd: Path | None = None,
     ) -> ChildProcess:
-        """Start ``argv`` in its own session. With ``log_path`` the engine writes straight to
-        that file (O_APPEND), so its output outlives this daemon; without, to a pipe.
+        """Start ``argv`` in its own session. With ``spool`` the engine writes to that file
+        (O_APPEND), so its output outlives this daemon, and the daemon drains it into
+        ``ring`` and ``sink`` (logfollow.py); without, to a pipe.
 
         No parent-death signal: engines must outlive a crashed or re-executed daemon, which
         adopts them (the next daemon kills the ones it cannot adopt).
@@ -172,8 +173,8 @@ class ChildProcess:
                 hint="check the service's 'command:' (is the engine installed in that venv?)",
             )  # fmt: skip
         loop = asyncio.get_running_loop()
-        opened = open_log_for_append(log_path) if log_path is not None else None
-        out, log_start = opened if opened is not None else (None, 0)
+        opened = open_spool(spool) if spool is not None else None
+        out, start = opened if opened is not None else (None, 0)
         try:
             transport, protocol = await loop.subprocess_exec(
                 lambda: _ExitProtocol(loop),
@@ -195,18 +196,23 @@ class ChildProcess:
                 os.close(out)  # the engine holds it now
         proc = asyncio.subprocess.Process(transport, protocol, loop)
         child = cls(proc.pid, protocol.exited, marker, name)
-        if log_path is not None and out is not None:
-            child.follow(log_path, ring, log_start)
+        if spool is not None and out is not None:
+            child.follow(spool, ring, sink, start)
         else:
             assert proc.stdout is not None
-            child._pump = asyncio.ensure_future(pump(proc.stdout, ring))
+            child._pump = asyncio.ensure_future(pump(proc.stdout, ring, sink))
         return child
 
-    def follow(self, path: Path, ring: OutputRing, offset: int, *, tail: bool = False) -> None:
-        """Follow the engine's log file from ``offset`` (its run's start) into ``ring``."""
-        self.log_path, self.log_start = path, offset
-        self.follower = LogFollower(path, ring)
-        self.follower.start(offset, tail=tail)
+    def follow(self, spool: Path, ring: OutputRing, sink: RotatingFile | None, offset: int) -> None:
+        """Drain the engine's spool from ``offset`` into ``ring`` and ``sink``."""
+        self.spool = spool
+        self.follower = LogFollower(spool, ring, sink)
+        self.follower.start(offset)
+
+    @property
+    def spool_offset(self) -> int:
+        """How far the spool has been read (what a successor resumes from)."""
+        return self.follower.offset if self.follower is not None else 0
 
     @classmethod
     def adopt(

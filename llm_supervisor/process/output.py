@@ -1,4 +1,4 @@
-"""Child output: read in chunks, split on \\n and \\r, kept in a ring buffer.
+"""Child output: read in chunks, split on \\n and \\r, kept in a ring and a rotating file.
 
 Chunked reads (not readline) because tqdm progress bars write ``\\r`` without newlines and
 engines can print single lines far beyond asyncio's 64 KiB readline limit.
@@ -7,12 +7,15 @@ engines can print single lines far beyond asyncio's 64 KiB readline limit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import re
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
+from pathlib import Path
 
 from ..logsetup import get_logger
+from ..ring import Ring
 from .logline import LogLine
 
 log = get_logger(__name__)
@@ -20,47 +23,83 @@ log = get_logger(__name__)
 CHUNK = 64 * 1024
 _LINE_END = re.compile(rb"[\r\n]")
 MAX_LINE = 16 * 1024  # longer lines are cut in the ring (the file keeps them whole)
+LOG_MODE = 0o640
 
 
-class OutputRing:
-    """The last lines of a service's output, shared by every run of the service."""
+class RotatingFile:
+    """Append-only file with size rotation (name.log → name.log.1 … .N)."""
 
-    def __init__(self, maxlen: int = 2000) -> None:
-        self._lines: deque[LogLine] = deque(maxlen=maxlen)
-        self._subscribers: set[asyncio.Queue[LogLine]] = set()
-        self.listeners: list[Callable[[LogLine], None]] = []
+    def __init__(self, path: Path, max_bytes: int = 20 * 2**20, backups: int = 3) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._failed = False
+        self.secrets: tuple[bytes, ...] = ()  # masked as *** before they reach the disk
+        self._size = path.stat().st_size if path.exists() else 0
+        if self._size:
+            with contextlib.suppress(OSError):  # a log from an older version was 0644
+                os.chmod(path, LOG_MODE)
+
+    def write(self, data: bytes) -> None:
+        for secret in self.secrets:
+            data = data.replace(secret, b"***")
+        try:
+            if self._size + len(data) > self.max_bytes and self._size > 0:
+                self._rotate()
+            # 0640: engine output can carry prompts and paths; the group (adm, an operators'
+            # group) may read it, others may not. The mode only applies when it is created.
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, LOG_MODE)
+            with open(fd, "ab") as fh:
+                fh.write(data)
+            self._size += len(data)
+            self._failed = False
+        except OSError as exc:
+            # A full disk must not stop the pump (the engine would block on a full pipe).
+            if not self._failed:
+                log.error("log.write_failed", path=str(self.path), error=str(exc))
+            self._failed = True
+
+    def _rotate(self) -> None:
+        for i in range(self.backups, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{i}")
+            newer = self.path.with_name(f"{self.path.name}.{i - 1}") if i > 1 else self.path
+            if newer.exists():
+                newer.replace(older)
+        self._size = 0
+
+
+class OutputRing(Ring[LogLine]):
+    """The last lines of a service's output, shared by every run of the service.
+    ``on_line`` sees each line as it comes (the Service reads load progress from it)."""
+
+    def __init__(
+        self,
+        maxlen: int = 2000,
+        follower_queue: int = 10_000,
+        on_line: Callable[[LogLine], None] | None = None,
+    ) -> None:
+        super().__init__(maxlen, follower_queue, on_line)
+        self.secrets: tuple[str, ...] = ()  # masked as *** in every line kept or sent
 
     def append(self, line: LogLine) -> None:
-        self._lines.append(line)
-        for listener in self.listeners:
-            listener(line)
-        for queue in self._subscribers:
-            if queue.qsize() < 10_000:  # a stalled follower loses lines, never memory
-                queue.put_nowait(line)
+        for secret in self.secrets:
+            if secret in line.text:
+                line = LogLine(line.ts, line.stream, line.text.replace(secret, "***"))
+        super().append(line)
 
     def tail(self, lines: int | None = None, since: float | None = None) -> list[LogLine]:
-        selected = [ln for ln in self._lines if since is None or ln.ts >= since]
+        selected = [ln for ln in self.items() if since is None or ln.ts >= since]
         return selected[-lines:] if lines else selected
 
-    def follow(self) -> AsyncIterator[LogLine]:
-        """New lines from now on. Subscribes at the call, so no line slips in between."""
-        queue: asyncio.Queue[LogLine] = asyncio.Queue()
-        self._subscribers.add(queue)
 
-        async def lines() -> AsyncIterator[LogLine]:
-            try:
-                while True:
-                    yield await queue.get()
-            finally:
-                self._subscribers.discard(queue)
-
-        return lines()
-
-
-async def pump(stream: asyncio.StreamReader, ring: OutputRing, name: str = "out") -> None:
-    """Copy a child's output from a pipe into the ring until EOF (no log dir: tests)."""
+async def pump(
+    stream: asyncio.StreamReader, ring: OutputRing, sink: RotatingFile | None, name: str = "out"
+) -> None:
+    """Copy a child's output into the ring and the file until EOF."""
     pending = b""
     while chunk := await stream.read(CHUNK):
+        if sink is not None:
+            sink.write(chunk)
         pending += chunk
         pending = emit_lines(pending, ring, name)
     if pending:

@@ -6,6 +6,8 @@ import socket
 
 import psutil
 
+from ..config.secrets import redact_argv
+
 
 def port_owner(port: int, host: str = "127.0.0.1") -> str | None:
     """None when ``host:port`` can be bound; else a description of who holds it."""
@@ -30,7 +32,7 @@ def _describe_listener(port: int) -> str | None:
                 return "an unknown process (not visible to this user)"
             try:
                 proc = psutil.Process(conn.pid)
-                cmd = " ".join(proc.cmdline())[:120] or proc.name()
+                cmd = " ".join(redact_argv(proc.cmdline()))[:120] or proc.name()
             except psutil.Error:
                 cmd = "?"
             return f"pid {conn.pid} ({cmd})"

@@ -7,7 +7,7 @@ import contextlib
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,9 @@ class ReloadRecord:
         }  # fmt: skip
 
 
+ADD_BATCH = 50  # services added between two yields to the event loop (~5 ms)
+
+
 class Reloader:
     """Coalesces reload requests; one reload runs at a time and serves every waiter."""
 
@@ -56,7 +59,7 @@ class Reloader:
         manager: Manager,
         load: Callable[[], Config],
         *,
-        busy: Callable[[str], bool] = lambda name: False,
+        load_async: Callable[[], Awaitable[Config]] | None = None,
         drain_timeout: float = 30.0,
         on_reloading: Callable[[], object] = lambda: None,
         on_done: Callable[[ReloadRecord], object] = lambda record: None,
@@ -64,7 +67,9 @@ class Reloader:
         self.config_dir = config_dir
         self.manager = manager
         self.load = load
-        self.busy = busy
+        # Off the event loop: a big file takes a while to parse (a 1 MiB profile ~0.5 s)
+        # and the gateway must keep answering meanwhile.
+        self.load_async = load_async or (lambda: asyncio.to_thread(load))
         self.drain_timeout = drain_timeout
         self.on_reloading = on_reloading
         self.on_done = on_done
@@ -129,9 +134,9 @@ class Reloader:
                 result = {"result": "rejected", "errors": [repr(exc)], "changes": {}}
             _resolve(waiters, result)
 
-    def dry_run(self) -> dict[str, Any]:
+    async def dry_run(self) -> dict[str, Any]:
         try:
-            new = self.load()
+            new = await self.load_async()
         except ConfigError as exc:
             return {"result": "rejected", "errors": _errors(exc), "changes": {}}
         diff = diff_configs(self.manager.config, keep_rollbacks(new, self._rolled_back)[0])
@@ -169,7 +174,7 @@ class Reloader:
         while time.monotonic() < deadline:
             before = fingerprint(self.config_dir)
             try:
-                config: Config | None = self.load()
+                config: Config | None = await self.load_async()
                 error: ConfigError | None = None
             except ConfigError as exc:
                 config, error = None, exc
@@ -223,8 +228,10 @@ class Reloader:
         for name in diff.updated:
             self.manager.get(name).update_live(new.services[name])
         await _all(self._relaunch(name, old.services[name], new) for name in diff.restarted)
-        for name in diff.added:
+        for count, name in enumerate(diff.added, 1):
             await self.manager.add_service(new.services[name])
+            if count % ADD_BATCH == 0:
+                await asyncio.sleep(0)  # a file of thousands: let the gateway answer meanwhile
 
     async def _remove(self, name: str) -> None:
         self._end_rollback(name)
@@ -239,9 +246,7 @@ class Reloader:
 
     async def _drain(self, name: str) -> None:
         """Let in-flight gateway requests of a removed service finish, within a bound."""
-        deadline = time.monotonic() + self.drain_timeout
-        while self.busy(name) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await self.manager.get(name).drained(self.drain_timeout)
 
     # -- last known good ---------------------------------------------------------------
 
@@ -251,7 +256,7 @@ class Reloader:
         if task is not None:
             task.cancel()
         if self._rolled_back.pop(name, None) is not None and name in self.manager.services:
-            self.manager.services[name].degraded = None
+            self.manager.services[name].clear_degraded()
 
     def _watch_for_rollback(self, name: str, previous: ServiceConfig) -> None:
         task = asyncio.create_task(self._rollback_if_fatal(name, previous))
@@ -279,8 +284,7 @@ class Reloader:
         # Routing (port, served name) must describe what runs again, not the failed edit.
         services = {**self.manager.config.services, name: previous}
         self.manager.config = self.manager.config.model_copy(update={"services": services})
-        service.degraded = f"rolled back: {cause} ({reason})"
-        await service.restart("rollback", config=previous)
+        await service.roll_back(previous, f"{cause} ({reason})")
 
     async def close(self) -> None:
         if self._trailing is not None:

@@ -1,4 +1,7 @@
-"""What a Service needs from the daemon, injected so tests can replace each piece."""
+"""What a Service needs from the daemon, injected so tests can replace each piece.
+
+The hooks get the parts they read (a service's config, its name), never the Service itself.
+"""
 
 from __future__ import annotations
 
@@ -9,24 +12,21 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..config.models import Policy, ServiceConfig
 from ..engines.base import Prober
 from ..process.registry import GroupRegistry
 from .starts import StartHistory
-
-if TYPE_CHECKING:
-    from .service import Service
-    from .states import State
+from .states import State
 
 
 @contextlib.asynccontextmanager
-async def no_gate(_: Service) -> AsyncIterator[None]:
+async def no_gate(_: ServiceConfig) -> AsyncIterator[None]:
     yield
 
 
-StateListener = Callable[["Service", "State", "State", str], object]
+# (service name, old state, new state, reason), called on every transition.
+StateListener = Callable[[str, State, State, str], object]
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class GpuHooks:
     # CUDA_VISIBLE_DEVICES for the engine, None when the service has no GPU
     cuda_devices: Callable[[ServiceConfig], str | None] = lambda svc: None
     # Awaited after a tree is gone, before the next start (GPU memory really released).
-    wait_released: Callable[[Service, list[int]], Awaitable[None]] | None = None
+    wait_released: Callable[[ServiceConfig, list[int]], Awaitable[None]] | None = None
 
 
 @dataclass
@@ -46,9 +46,9 @@ class ServiceDeps:
     log_dir: Path | None
     policy: Callable[[], Policy] = Policy
     # Held from admission until ready or failure: one start per GPU at a time.
-    start_gate: Callable[[Service], AbstractAsyncContextManager[None]] = no_gate
+    start_gate: Callable[[ServiceConfig], AbstractAsyncContextManager[None]] = no_gate
     # Awaited after a tree is gone, before the next start (GPU memory really released).
-    wait_released: Callable[[Service, list[int]], Awaitable[None]] | None = None
+    wait_released: Callable[[ServiceConfig, list[int]], Awaitable[None]] | None = None
     cuda_devices: Callable[[ServiceConfig], str | None] = lambda svc: None
     clock: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time

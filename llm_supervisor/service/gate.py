@@ -10,12 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .service import Service
+from ..config.models import ServiceConfig
 
-Admit = Callable[["Service"], Awaitable[None]]
+Admit = Callable[[ServiceConfig], Awaitable[None]]
 
 
 class StartGate:
@@ -27,9 +25,9 @@ class StartGate:
         return self._locks.setdefault(gpu, asyncio.Lock())
 
     @contextlib.asynccontextmanager
-    async def starting(self, service: Service) -> AsyncIterator[None]:
+    async def starting(self, service: ServiceConfig) -> AsyncIterator[None]:
         # Sorted acquisition: two tensor-parallel services on [0, 1] and [1, 0] cannot deadlock.
-        gpus = sorted({str(g) for g in service.config.gpus})
+        gpus = sorted({str(g) for g in service.gpus})
         async with contextlib.AsyncExitStack() as stack:
             for gpu in gpus:
                 await stack.enter_async_context(self._lock(gpu))

@@ -1,4 +1,4 @@
-"""Manager: the set of services built from the config, and the requests made of them."""
+"""Manager: the set of services built from the config; boot, shutdown, add and remove."""
 
 from __future__ import annotations
 
@@ -128,12 +128,7 @@ class Manager:
         """Release the probe connections (after shutdown)."""
         await self.http.close()
 
-    # -- requests from the gateway and the control API -----------------------------------
-
-    def note_request(self, name: str) -> None:
-        service = self.services.get(name)
-        if service is not None:
-            service.last_request = service.deps.clock()
+    # -- requests from the control API ---------------------------------------------------
 
     def log_tail(self, name: str, lines: int, since: float | None) -> list[LogLine]:
         return self.get(name).ring.tail(lines, since)

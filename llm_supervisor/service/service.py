@@ -1,8 +1,10 @@
 """Service: one engine process, its state machine, health checks and restart policy.
 
-A single writer: only the Service changes its own state, always through ``_set_state``.
-Lifecycle requests (start, stop, restart) are serialized by one lock; callers ask for an
-outcome (``ensure_ready``) instead of reading the state to decide what to do.
+A single writer: only the Service changes its own state, always through ``_set_state``, and
+every other field it reports (last use, requests in flight, degraded) through its own methods.
+Lifecycle requests (start, stop, restart, stop_if_idle) are serialized by one lock; callers
+ask for an outcome (``ensure_ready``, ``stop_if_idle``) instead of reading the state to
+decide what to do.
 """
 
 from __future__ import annotations
@@ -13,19 +15,22 @@ import hashlib
 import json
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..config.models import ServiceConfig
+from ..config.secrets import redact_argv, secret_values
+from ..config.vllmargs import respell
 from ..engines import engine_for
 from ..errors import PortInUseError, StartFailedError
 from ..logsetup import get_logger
 from ..process.child import ChildProcess, ExitStatus
 from ..process.environment import clean_child_env
+from ..process.logfollow import read_tail
 from ..process.logline import LogLine
-from ..process.output import OutputRing
+from ..process.output import OutputRing, RotatingFile
 from ..process.ports import port_owner
 from ..process.registry import recorded_root, recorded_tree
 from .backoff import decide_restart
@@ -33,6 +38,7 @@ from .deps import ServiceDeps
 from .progress import Progress, ProgressTracker
 from .starts import estimate_eta
 from .states import ALLOWED, InvalidTransition, State
+from .usage import Usage
 
 log = get_logger(__name__)
 JITTER = 0.2
@@ -56,7 +62,7 @@ class Service:
         self.config = config
         self.deps = deps
         self.engine = engine_for(config.spec.engine)
-        self.ring = OutputRing()
+        self.ring = OutputRing(on_line=self._on_output)
         self.state = State.STOPPED
         self.reason = ""
         self.restarts: Counter[str] = Counter()
@@ -64,7 +70,7 @@ class Service:
         self.last_exit_at: float | None = None
         self.ready_since: float | None = None
         self.ready_since_wall: float | None = None  # recorded, so an adopter keeps the uptime
-        self.last_request: float | None = None
+        self._last_request: float | None = None  # on deps.clock; see lease()
         self.health_latency: float | None = None
         self.health_failures = 0
         self.degraded: str | None = None
@@ -78,8 +84,11 @@ class Service:
         self._adopted_ready_since: object = None  # wall time the adopted engine became ready
         self._run_started = 0.0
         self._lifecycle = asyncio.Lock()
+        self._leases = 0
+        self._unused = asyncio.Event()
+        self._unused.set()
         self._changed = asyncio.Event()
-        self.ring.listeners.append(self._on_output)
+        self._sink = self._open_sink()
 
     @property
     def name(self) -> str:
@@ -92,6 +101,59 @@ class Service:
 
     def tree_pids(self) -> list[int]:
         return self._child.tree_pids() if self._child is not None else []
+
+    # -- use: requests in flight and the last one ----------------------------------------
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[None]:
+        """Held by each request from its arrival to its end (waiting for a start included):
+        a service in use is neither stopped for idleness nor evicted. Both ends count as use."""
+        self._leases += 1
+        self._unused.clear()
+        self._last_request = self.deps.clock()
+        try:
+            yield
+        finally:
+            self._leases -= 1
+            self._last_request = self.deps.clock()
+            if not self._leases:
+                self._unused.set()
+
+    async def drained(self, timeout: float) -> bool:
+        """Wait (bounded) until no request is in flight; True if none is."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._unused.wait(), timeout)
+        return not self._leases
+
+    def _idle_since(self) -> float | None:
+        """When it was last used, if it runs and nothing is in flight; a service that was
+        never asked for anything counts from when it became ready."""
+        if self._leases or self.state not in (State.READY, State.BACKOFF):
+            return None
+        return self._last_request if self._last_request is not None else self.ready_since
+
+    async def stop_if_idle(self, idle_for: float = 0.0, reason: str = "idle") -> bool:
+        """Stop if unused for ``idle_for`` seconds; True if it stopped. Decided under the
+        lifecycle lock: a request that arrived meanwhile holds a lease and wins."""
+        async with self._lifecycle:
+            since = self._idle_since()
+            if since is None or self.deps.clock() - since < idle_for:
+                return False
+            await self._stop_locked(reason)
+            return True
+
+    def usage(self) -> Usage:
+        since = self._idle_since()
+        return Usage(
+            in_flight=self._leases,
+            last_request=self._wall(self._last_request),
+            idle_since=self._wall(since),
+            stopped_idle=self.state is State.STOPPED and self.reason == "idle",
+        )
+
+    def _wall(self, at: float | None) -> float | None:
+        """A time on deps.clock as Unix time, for people and status documents."""
+        return None if at is None else self.deps.wall_clock() - (self.deps.clock() - at)
 
     # -- the one place state changes ---------------------------------------------------
 
@@ -108,7 +170,7 @@ class Service:
         self._changed.set()
         self._changed = asyncio.Event()
         for listener in self.deps.listeners:
-            listener(self, old, new, reason)
+            listener(self.name, old, new, reason)
 
     async def _wait_for(self, accept: Callable[[State], bool]) -> State:
         while not accept(self.state):
@@ -153,6 +215,15 @@ class Service:
     async def stop(self, reason: str = "requested") -> None:
         async with self._lifecycle:
             await self._stop_locked(reason)
+
+    async def roll_back(self, config: ServiceConfig, why: str) -> None:
+        """Restart on the last known good spec; status says so until cleared."""
+        self.degraded = f"rolled back: {why}"
+        await self.restart("rollback", config=config)
+
+    def clear_degraded(self) -> None:
+        """A new edit (or the operator) has taken over from the rollback."""
+        self.degraded = None
 
     async def restart(
         self,
@@ -251,7 +322,7 @@ class Service:
                 # it twice, and the previous daemon admitted it.
                 child, failure = adopted, await self._await_ready(adopted)
             else:
-                async with self.deps.start_gate(self):
+                async with self.deps.start_gate(self.config):
                     child = await self._spawn()
                     failure = await self._await_ready(child)
         except StartFailedError as exc:
@@ -277,27 +348,34 @@ class Service:
                 hint=f"stop {owner} or give this service another port",
             )  # fmt: skip
         env = {**clean_child_env(os.environ), **self._own_env()}
+        self._mask_secrets()
         self._run_started = self.deps.wall_clock()  # output after this belongs to this run
         self.spawned_at = self.deps.clock()
         child = await ChildProcess.spawn(
             self.name, self.engine.argv(self.config), env,
-            marker=self.deps.registry.marker(self.name), ring=self.ring,
-            log_path=self._log_path(),
+            marker=self.deps.registry.marker(self.name), ring=self.ring, sink=self._sink,
+            spool=self._spool_path(),
         )  # fmt: skip
         self._child = child
         child.on_tree_grew = self._record
         self._record(child)
-        log.info(
-            "service.spawned", service=self.name, pid=child.pid, argv=self.engine.argv(self.config)
-        )
+        argv = redact_argv(self.engine.argv(self.config))  # the engine got the real values
+        log.info("service.spawned", service=self.name, pid=child.pid, argv=argv)
         return child
+
+    def _mask_secrets(self) -> None:
+        """The engine may print its key (vLLM logs its arguments): keep it out of logs."""
+        secrets = secret_values(self.config.spec.args, self.config.spec.env)
+        self.ring.secrets = secrets
+        if self._sink is not None:
+            self._sink.secrets = tuple(s.encode() for s in secrets)
 
     def _record(self, child: ChildProcess) -> None:
         """Persist what a successor daemon needs to adopt this engine (registry.py)."""
         self.deps.registry.record(
             self.name, child.pid, child.create_time, child.known,
             fingerprint=self.fingerprint(), port=self.config.spec.port,
-            log_path=str(child.log_path) if child.log_path else None, log_start=child.log_start,
+            spool=str(child.spool) if child.spool else None, spool_offset=child.spool_offset,
             ready_since=self.ready_since_wall if self._child is child else None,
             restarts=dict(self.restarts),
         )  # fmt: skip
@@ -321,9 +399,18 @@ class Service:
         identity = [self.engine.argv(self.config), self._own_env(), self.config.spec.port]
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
-    def _log_path(self) -> Path | None:
-        log_dir = self.deps.log_dir
-        return log_dir.resolve() / f"{self.name}.log" if log_dir is not None else None
+    def _spool_path(self) -> Path:
+        return self.deps.registry.state_dir / "spool" / f"{self.name}.out"
+
+    def _open_sink(self) -> RotatingFile | None:
+        if self.deps.log_dir is None:
+            return None
+        try:
+            self.deps.log_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.error("log.dir_unusable", dir=str(self.deps.log_dir), error=str(exc))
+            return None
+        return RotatingFile(self.deps.log_dir / f"{self.name}.log")
 
     # -- adoption (a previous daemon's engine) and detaching (before an upgrade) ---------
 
@@ -350,9 +437,12 @@ class Service:
             self.restarts.update(record.get("restarts") or {})
             self._adopted_ready_since = record.get("ready_since")
             self._run_started = self.deps.wall_clock()
-            log_path, start = self._log_path(), int(record.get("log_start") or 0)
-            if log_path is not None and record.get("log_path") == str(log_path):
-                child.follow(log_path, self.ring, start, tail=True)
+            self._mask_secrets()
+            if self._sink is not None:  # its history (masked), then what came meanwhile
+                read_tail(self._sink.path, self.ring)
+            spool = self._spool_path()
+            if record.get("spool") == str(spool):  # what it wrote meanwhile is read now
+                child.follow(spool, self.ring, self._sink, int(record.get("spool_offset") or 0))
             self._child = child
             child.on_tree_grew = self._record
             self._set_state(State.STARTING, "adopted")
@@ -522,13 +612,15 @@ class Service:
             from ..diagnosis import diagnose_exit
         except ImportError:
             return
+
         status = failure.status
         text = "\n".join(ln.text for ln in lines)[-64 * 1024 :]
         result = diagnose_exit(
             text, self.config.spec.engine, status.code if status else None,
             status.signal if status else None,
         )  # fmt: skip
-        failure.cause, failure.hint = result.cause, result.hint
+        # The hint names flags as vLLM documents them; say them as this profile spells them.
+        failure.cause, failure.hint = result.cause, respell(result.hint, self.config.spec.args)
 
     async def _forget_child(self, child: ChildProcess) -> None:
         gone = sorted(ref.pid for ref in child.known)
@@ -536,7 +628,7 @@ class Service:
         if self._child is child:
             self._child = None
         if self.deps.wait_released is not None:
-            await self.deps.wait_released(self, gone)
+            await self.deps.wait_released(self.config, gone)
 
     # -- what status shows -------------------------------------------------------------
 
@@ -571,7 +663,7 @@ class Service:
             "restarts_by_reason": dict(self.restarts),
             "uptime": self._ready_for() if self.state is State.READY else None,
             "last_exit": last_exit,
-            "last_request": self.last_request,
+            "last_request": self._wall(self._last_request),
             "degraded": self.degraded,
             "eta_s": self.eta() if self.state is not State.READY else None,
             "warmup": self.warmup,

@@ -26,9 +26,6 @@ ALLOWED: dict[State, frozenset[State]] = {
     S.FATAL: frozenset({S.STARTING, S.STOPPED}),
 }
 
-RUNNING = frozenset({S.STARTING, S.READY})
-SETTLED = frozenset({S.READY, S.STOPPED, S.FATAL})
-
 
 class InvalidTransition(RuntimeError):
     def __init__(self, old: State, new: State) -> None:

@@ -48,10 +48,11 @@ def test_full_log_dir_logs_one_error_per_service_and_engines_keep_running(
         assert daemon.pids() == pids
         status = daemon.services()
         assert all(s["state"] == "ready" and s["restarts"] == 0 for s in status.values())
-        # Engines write their log file themselves (so that it outlives the daemon): on a full
-        # disk their writes fail and that output is gone, but what came before is still there.
+        # The output still flows (the spool is drained whatever the log disk does): the ring
+        # buffer has fresh lines.
         for name in pids:
-            assert daemon.client().log_tail(name, 5, None), name
+            lines = daemon.client().log_tail(name, 5, None)
+            assert lines and time.time() - lines[-1].ts < 5, name
         # One error per failure spell, not one per line.
         assert len(daemon.events("log.write_failed")) <= 4 * len(pids)
 

@@ -3,9 +3,10 @@
 
 Speaks enough of vLLM (``/health``, ``/v1/models``, ``/v1/chat/completions``) or Ollama
 (``/api/version``) for readiness and liveness, and misbehaves on request: slow start, failing
-or hanging health, ignoring SIGTERM, exiting after a while, spawning grandchildren (also in
-their own session), flooding output, printing giant lines or vLLM-like loading phases, or
-dying of SIGPIPE on a write to a pipe nobody reads any more, as a Go program (Ollama) does.
+or hanging health, slow replies, ignoring SIGTERM, exiting after a while, spawning
+grandchildren (also in their own session), flooding output, printing giant lines or vLLM-like
+loading phases, or dying of SIGPIPE on a write to a pipe nobody reads any more, as a Go
+program (Ollama) does.
 Unknown flags are accepted, as a real engine's argv carries many.
 """
 
@@ -49,7 +50,12 @@ def parse() -> argparse.Namespace:
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--max-position-embeddings", type=int, default=4096)
     p.add_argument("--fail-with", default=None, help="print this line then exit 1 at start")
+    p.add_argument(
+        "--api-key", default=os.environ.get("VLLM_API_KEY"),
+        help="as vLLM: /v1/* answers 401 without 'Authorization: Bearer KEY'; /health is open",
+    )  # fmt: skip
     p.add_argument("--first-request-delay", type=float, default=0.0, help="first POST waits S")
+    p.add_argument("--reply-delay", type=float, default=0.0, help="answer /v1 requests after S")
     p.add_argument("--go-sigpipe", action="store_true", help="die of SIGPIPE, as Go does")
     p.add_argument("--heartbeat", type=float, default=None, help="print a line every S")
     args, _unknown = p.parse_known_args()
@@ -64,6 +70,8 @@ def main() -> None:
         # Go program writing to stdout/stderr is killed by it instead (os/signal docs).
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     print(f"fake engine pid={os.getpid()} mode={args.mode} port={args.port}", flush=True)
+    if args.api_key:  # as vLLM's api_server logs them at start
+        print(f"INFO non-default args: {{'api_key': ['{args.api_key}']}}", flush=True)
     if args.ignore_term:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     for _ in range(args.children):
@@ -160,7 +168,21 @@ def serve(args: argparse.Namespace, name: str, started: float) -> None:
             self.end_headers()
             self.wfile.write(data)
 
+        def _refused(self) -> bool:
+            # vLLM's AuthenticationMiddleware: only /v1 paths, compared to "Bearer " + key.
+            wanted = f"Bearer {args.api_key}"
+            if (
+                args.api_key
+                and self.path.startswith("/v1")
+                and (self.headers.get("Authorization") != wanted)
+            ):
+                self._send(401, {"error": "Unauthorized"})
+                return True
+            return False
+
         def do_GET(self) -> None:
+            if self._refused():
+                return
             if self._hanging():
                 time.sleep(10**6)
             sick = (
@@ -179,11 +201,14 @@ def serve(args: argparse.Namespace, name: str, started: float) -> None:
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = json.loads(self.rfile.read(length) or b"{}")
+            if self._refused():
+                return
             # One line per request, so tests can see what reached the engine (warm-ups).
             print(f"request POST {self.path} {json.dumps(body, sort_keys=True)}", flush=True)
             if first_request.acquire(blocking=False):
                 time.sleep(args.first_request_delay)
             if self.path.startswith("/v1/"):
+                time.sleep(args.reply_delay)  # a request that takes a while: still in flight
                 text = "fake reply"
                 self._send(
                     200,

@@ -15,6 +15,10 @@ so keep_alive timers run on virtual time). Sources, in ollama/ollama:
   empty prompt = load ("load"); allowedHostsMiddleware 403s a non-local Host on a loopback
   listener; PsHandler lists expires_at and size_vram; an empty /api/embed input loads.
 - openai/openai.go: the /v1 routes map no keep_alive and no num_ctx.
+- Request bodies are decoded as Go's encoding/json decodes them (see ``go_decode``): keys
+  match struct fields case-insensitively, the last duplicate wins, trailing data is ignored.
+- server/routes.go DeleteHandler / PullHandler: ``cmp.Or(req.Model, req.Name)``; delete of
+  an unknown model is 404.
 """
 
 from __future__ import annotations
@@ -69,6 +73,69 @@ def parse_keep_alive(value: Any) -> float | None:
     parts = re.findall(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)", value)
     seconds = sum(float(n) * _UNITS[u] for n, u in parts)
     return math.inf if value.startswith("-") else seconds
+
+
+# JSON names of the request structs' fields (api/types.go: GenerateRequest, ChatRequest,
+# EmbedRequest, EmbeddingRequest, PullRequest, DeleteRequest).
+GO_FIELDS = ("model", "name", "prompt", "messages", "input", "stream", "keep_alive", "options",
+             "format", "raw", "system", "images", "think", "insecure", "truncate",
+             "max_tokens")  # fmt: skip
+_MAPS, _POINTERS = ("options",), ("keep_alive", "stream", "think", "truncate")
+
+
+class _Obj(dict[str, Any]):
+    pairs: list[tuple[str, Any]]
+
+
+def _obj(pairs: list[tuple[str, Any]]) -> _Obj:
+    obj = _Obj(pairs)
+    obj.pairs = pairs
+    return obj
+
+
+def _go_fold(name: str) -> str:
+    """fold.go foldName: ASCII to upper case, any other rune to the smallest rune of its
+    unicode.SimpleFold orbit (U+212A KELVIN SIGN → K, U+017F LONG S → S)."""
+    out = []
+    for ch in name:
+        if ch.isascii():
+            out.append(ch.upper())
+            continue
+        lower = ch.lower()
+        orbit = [c for c in (ch, ch.upper(), lower, lower.upper(), ch.casefold()) if len(c) == 1]
+        out.append(min(orbit))
+    return "".join(out)
+
+
+def go_decode(raw: bytes) -> dict[str, Any]:
+    """``json.NewDecoder(body).Decode(&req)`` as gin's ShouldBindJSON runs it (decode.go).
+
+    One value is read and whatever follows is ignored. Each key picks the field with that
+    exact name, else the one equal under foldName; occurrences are decoded in order, so the
+    last duplicate wins; ``null`` leaves a string as it was and sets a pointer or map to
+    nil; an object decoded into an existing map adds its keys. Unknown keys are dropped.
+    Raises ValueError like Go's decoder on a syntax error.
+    """
+    text = raw.decode("utf-8", "replace")  # Go reads invalid UTF-8 as U+FFFD
+    start = len(text) - len(text.lstrip(" \t\r\n"))
+    value, _ = json.JSONDecoder(object_pairs_hook=_obj).raw_decode(text, start)
+    if not isinstance(value, _Obj):
+        raise ValueError("json: cannot unmarshal into Go value of type api.Request")
+    folded = {_go_fold(f): f for f in GO_FIELDS}
+    out: dict[str, Any] = {}
+    for key, item in value.pairs:
+        field_name = key if key in GO_FIELDS else folded.get(_go_fold(key))
+        if field_name is None:
+            continue
+        if item is None:
+            if field_name in _MAPS or field_name in _POINTERS:
+                out[field_name] = None
+            continue
+        if field_name in _MAPS and isinstance(out.get(field_name), dict):
+            out[field_name] = {**out[field_name], **item}
+        else:
+            out[field_name] = item
+    return out
 
 
 class RealClock:
@@ -227,6 +294,8 @@ class FakeOllama:
             Route("/api/chat", self._native, methods=["POST"]),
             Route("/api/embed", self._native, methods=["POST"]),
             Route("/api/embeddings", self._native, methods=["POST"]),
+            Route("/api/delete", self._delete, methods=["DELETE"]),
+            Route("/api/pull", self._pull, methods=["POST"]),
             Route("/v1/models", self._v1_models),
             Route("/v1/chat/completions", self._v1_complete, methods=["POST"]),
             Route("/v1/completions", self._v1_complete, methods=["POST"]),
@@ -282,9 +351,25 @@ class FakeOllama:
             }
         )
 
+    async def _delete(self, request: Request) -> Response:
+        body = go_decode(await request.body())
+        name = _canonical(str(body.get("model") or body.get("name") or ""))
+        if name not in self.models:
+            return JSONResponse({"error": f"model '{name}' not found"}, status_code=404)
+        self.models = tuple(m for m in self.models if m != name)
+        self.counts["deleted"] += 1
+        return Response(status_code=200)
+
+    async def _pull(self, request: Request) -> Response:
+        body = go_decode(await request.body())
+        name = _canonical(str(body.get("model") or body.get("name") or ""))
+        self.models = tuple(dict.fromkeys((*self.models, name)))
+        self.counts["pulled"] += 1
+        return JSONResponse({"status": "success"})
+
     async def _native(self, request: Request) -> Response:
         try:
-            body = await request.json()
+            body = go_decode(await request.body())
             keep_alive = parse_keep_alive(body.get("keep_alive"))
         except BadKeepAlive as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
@@ -338,7 +423,7 @@ class FakeOllama:
         return JSONResponse({"object": "list", "data": data})
 
     async def _v1_complete(self, request: Request) -> Response:
-        body = await request.json()
+        body = go_decode(await request.body())  # openai/openai.go: Go structs as well
         model = _canonical(str(body.get("model", "")))
         if model not in self.models:
             err = {
@@ -361,6 +446,8 @@ class FakeOllama:
 
 
 def _canonical(name: str) -> str:
+    """types/model/name.go: names compare case-insensitively; no tag means ``latest``."""
+    name = name.lower()
     return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
 
 

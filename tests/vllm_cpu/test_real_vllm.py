@@ -38,7 +38,7 @@ pytestmark = pytest.mark.vllm
 
 START = 900.0  # one vLLM start: ~1 min alone, several when the machine is busy
 FAST_FATAL = {"max_failures": 2, "backoff_initial": 0.1, "backoff_max": 0.5}
-HEALTH = {"startup_timeout": "15m", "interval": "2s", "failures": 3}
+HEALTH = {"startup_timeout": "15m", "interval": "2s", "timeout": "1.5s", "failures": 3}
 
 
 def spawned_sessions(daemon: DaemonProcess) -> set[int]:
