@@ -49,10 +49,6 @@ class ExitStatus:
             return cls(None, -returncode)
         return cls(returncode, None)
 
-    @property
-    def known(self) -> bool:
-        return self.code is not None or self.signal is not None
-
     def describe(self) -> str:
         if self.signal is not None:
             return f"killed by {signal.Signals(self.signal).name}"

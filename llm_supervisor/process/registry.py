@@ -4,8 +4,8 @@ If the daemon dies without stopping its engines (SIGKILL, OOM killer) or re-exec
 (upgrade), the next daemon adopts every engine whose record still matches the config (no
 model reload) and kills what it cannot adopt before it starts anything: otherwise two copies
 of a model fight for the same GPU memory and port. A record holds what adoption needs: the
-engine's pid and start time, its tree, a fingerprint of its argv/env/port, where its output
-starts in its log file, and since when it was ready.
+engine's pid and start time, its tree, a fingerprint of its argv/env/port, how far its
+output spool was read, since when it was ready and its restart counts.
 """
 
 from __future__ import annotations
