@@ -4,10 +4,14 @@ out, and a follower after a crash resumes where the holes end."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from llm_supervisor.process import logfollow
 from llm_supervisor.process.logfollow import BLOCK, LogFollower, open_spool, read_tail
 from llm_supervisor.process.output import OutputRing, RotatingFile
 
@@ -85,3 +89,27 @@ def test_read_tail_gives_whole_lines_from_the_end(tmp_path: Path) -> None:
     assert got[-1] == lines(2999, 3000).decode().strip()
     assert all(text in lines(0, 3000).decode() for text in got)
     assert got[0].startswith("line ") and len(got) == 10_000 // len(lines(0, 1))
+
+
+async def test_without_hole_punching_a_read_spool_is_truncated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(logfollow, "punch", lambda fd, length: errno.EOPNOTSUPP)
+    monkeypatch.setattr(logfollow, "TRUNCATE_AT", 10_000)
+    spool = tmp_path / "svc.out"
+    opened = open_spool(spool)
+    assert opened is not None
+    fd, _ = opened
+    ring = OutputRing(maxlen=100_000)
+    follower = LogFollower(spool, ring, None)
+    follower.start(0)
+    try:
+        os.write(fd, lines(0, 400))  # ~20 KB
+        await wait_for(lambda: len(texts(ring)) == 400)
+        await wait_for(lambda: spool.stat().st_size == 0)
+        os.write(fd, b"next\n")  # O_APPEND: at the start of the emptied file
+        await wait_for(lambda: texts(ring)[-1] == "next")
+        assert spool.read_bytes() == b"next\n"
+    finally:
+        await follower.stop()
+        os.close(fd)

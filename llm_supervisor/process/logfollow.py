@@ -35,6 +35,7 @@ MAX_READ = 4 * 2**20  # per poll, so a flooding engine cannot hold the event loo
 DISK_CHECK_EVERY = 4  # quiet polls between checks for a full spool disk (one statvfs)
 BLOCK = 4096  # holes are punched in whole blocks: a partial block would read back as zeros
 TAIL_BYTES = 256 * 1024  # of the log file read back into a new daemon's ring
+TRUNCATE_AT = 64 * 2**20  # without hole punching: truncate a fully read spool above this
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
@@ -186,15 +187,27 @@ class LogFollower:
 
     def _free(self, fd: int) -> None:
         """Punch out what was read: the spool's disk use stays at what is unread."""
-        if self._punch_error or self.offset - self._punched < BLOCK:
+        if self._punch_error:
+            self._truncate_if_read(fd)
+            return
+        if self.offset - self._punched < BLOCK:
             return
         error = punch(fd, self.offset)
         if error:
             self._punch_error = error
             log.warning("spool.punch_unsupported", path=str(self.path),
                         error=os.strerror(error))  # fmt: skip
+            self._truncate_if_read(fd)
             return
         self._punched = self.offset - self.offset % BLOCK
+
+    def _truncate_if_read(self, fd: int) -> None:
+        """Where holes cannot be punched: empty a large spool once it is read to its end.
+        Bytes the engine appends between the size check and the truncate are lost (the
+        copytruncate window, microseconds); O_APPEND puts its next write at the start."""
+        if self.offset >= TRUNCATE_AT and os.fstat(fd).st_size == self.offset:
+            os.ftruncate(fd, 0)
+            self.offset = self._punched = 0
 
     def _check_disk(self) -> None:
         """A full disk makes the engine's own writes fail, unseen by us: report it."""
