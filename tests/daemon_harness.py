@@ -268,6 +268,7 @@ def run_daemon(
     log_dir: Path | None = None,
     state_dir: Path | None = None,
     gateway_port: int | None = None,
+    prefix: Sequence[str] = (),
 ) -> Iterator[DaemonProcess]:
     """Start ``llm-supervisor run`` on ``config_dir``; yield a handle; always clean up.
 
@@ -278,13 +279,14 @@ def run_daemon(
     also wait until every boot service is ready. ``state_dir`` (and ``gateway_port``): run on
     the caller's state dir, to hand it to a next daemon; the caller then owns its cleanup, and
     the engines of a daemon that was killed are left alone (a next daemon adopts them).
+    ``prefix``: a wrapper command, e.g. ``["prlimit", "--nofile=400:400"]``.
     """
     own_state = state_dir is None
     state_dir = state_dir or Path(tempfile.mkdtemp(prefix="lsd-", dir="/tmp"))  # socket limit
     port = gateway_port or (free_port() if gateway else None)
     logs = log_dir or state_dir / "logs"
     argv = [
-        *CLI, "run", "--config-dir", str(config_dir), "--state-dir", str(state_dir),
+        *prefix, *CLI, "run", "--config-dir", str(config_dir), "--state-dir", str(state_dir),
         "--log-dir", str(logs), "--control", f"unix:{state_dir / 'control.sock'}",
         "--gateway", f"127.0.0.1:{port}" if port else "off", "--log-format", "json",
         "--shutdown-timeout", "10", *extra_args,

@@ -233,3 +233,30 @@ def test_command_reads_stdin_as_a_process() -> None:
         check=False,
     )
     assert unknown.returncode == 1
+
+
+@pytest.mark.parametrize(
+    ("reason", "sig", "cause", "hint_part"),
+    [
+        ("startup_timeout", 15, "startup_timeout", "health.startup_timeout"),
+        ("startup_timeout", 9, "startup_timeout", "stopped by the supervisor"),
+        ("health", 15, "unresponsive", "liveness probes"),
+        ("health", 9, "unresponsive", "stopped by the supervisor"),
+    ],
+)
+def test_the_supervisors_own_stop_is_not_a_kill_from_outside(
+    reason: str, sig: int, cause: str, hint_part: str
+) -> None:
+    found = diagnose_exit("INFO loading weights\n", "vllm", None, sig, stopped_for=reason)
+    assert (found.cause, "outside" in found.hint) == (cause, False)
+    assert hint_part in found.hint
+
+
+def test_a_known_cause_in_the_output_still_wins_over_an_own_stop() -> None:
+    text = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    found = diagnose_exit(text, "vllm", None, 15, stopped_for="startup_timeout")
+    assert found.cause == "cuda_oom"
+
+
+def test_a_crash_is_still_diagnosed_from_its_signal() -> None:
+    assert "outside" in diagnose_exit("", "vllm", None, 15, stopped_for="crash").hint

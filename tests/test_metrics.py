@@ -41,6 +41,8 @@ FAMILIES = {
     "llm_supervisor_orphans_killed": "counter",
     "llm_supervisor_engines_adopted": "counter",
     "llm_supervisor_service_start_elapsed_seconds": "gauge",
+    "llm_supervisor_service_supervision_errors": "counter",
+    "llm_supervisor_daemon_task_errors": "counter",
 }
 
 
@@ -98,6 +100,22 @@ def test_every_family_present_with_values() -> None:
     )
     loaded = fams[p + "ollama_models_loaded"]
     assert value(loaded, p + "ollama_models_loaded", service="ollama") == 2
+
+
+def test_survived_errors_are_counted() -> None:
+    """Crash-only loops: each exception they survived is a counter sample."""
+    backend = FakeControlBackend()
+    doc = backend.status()
+    doc["services"]["qwen3-8b"]["supervision_errors"] = 2
+    doc["daemon"]["task_errors"] = {"gpu": 3, "gateway.pins": 1}
+    fams = scrape(StatusOnly(doc))
+    p = "llm_supervisor_"
+    errors = fams[p + "service_supervision_errors"]
+    assert value(errors, p + "service_supervision_errors_total", service="qwen3-8b") == 2
+    assert value(errors, p + "service_supervision_errors_total", service="broken") == 0
+    tasks = fams[p + "daemon_task_errors"]
+    assert value(tasks, p + "daemon_task_errors_total", task="gpu") == 3
+    assert value(tasks, p + "daemon_task_errors_total", task="gateway.pins") == 1
 
 
 def test_no_pid_labels() -> None:

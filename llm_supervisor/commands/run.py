@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..control.address import default_control_address, server_token
 from .defaults import default_config_dir
+
+if TYPE_CHECKING:
+    from ..gateway.limits import GatewayLimits
 
 
 def _from_env(var: str, root_default: str, user_default: str) -> Path:
@@ -62,6 +67,68 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--log-format", choices=["auto", "json", "console", "journal"], default="auto"
     )
     parser.add_argument("--log-level", default="info")
+    add_gateway_limit_arguments(parser)
+
+
+def _size(value: str) -> int:
+    from ..config.fieldtypes import parse_size
+
+    try:
+        size = parse_size(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive size, got {value!r}")
+    return size
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    def parse(value: str) -> int | float:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+        if number <= 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
+        return number
+
+    return parse
+
+
+def add_gateway_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """What one client may cost the gateway (gateway/limits.py has the reasons)."""
+    parser.add_argument(
+        "--gateway-max-body", type=_size, default=100 << 20, metavar="SIZE",
+        help="largest request body the gateway parses (default 100MiB; larger: 413)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--gateway-max-connections", type=_positive(int), default=None, metavar="N",
+        help="open client connections (default: (descriptor limit - 256) / 2)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--gateway-header-timeout", type=_positive(float), default=30.0, metavar="S",
+        help="seconds for a started request's headers to arrive (default 30)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--gateway-keepalive-timeout", type=_positive(float), default=75.0, metavar="S",
+        help="seconds an idle client connection stays open (default 75)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--gateway-body-timeout", type=_positive(float), default=60.0, metavar="S",
+        help="seconds between two reads of a request body (default 60)",
+    )  # fmt: skip
+
+
+def gateway_limits(args: argparse.Namespace) -> GatewayLimits:
+    from ..gateway.limits import GatewayLimits  # aiohttp: only for the daemon, not the CLI
+
+    return GatewayLimits(
+        max_body=args.gateway_max_body,
+        max_connections=args.gateway_max_connections,
+        header_timeout=args.gateway_header_timeout,
+        keepalive_timeout=args.gateway_keepalive_timeout,
+        body_timeout=args.gateway_body_timeout,
+    )
 
 
 def tune_gc() -> None:
@@ -100,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
         shutdown_timeout=args.shutdown_timeout,
         watch=not args.no_watch,
         gpu_interval=args.gpu_interval,
+        gateway_limits=gateway_limits(args),
     )
     tune_gc()
     # uvloop, as vLLM's own API server and uvicorn[standard] use: measured with

@@ -96,6 +96,9 @@ def service_metrics(services: dict[str, Any]) -> list[Metric]:
     )
     waiting = _gauge("requests_waiting", "Gateway requests held for a start.", ["service"])
     in_flight = _gauge("requests_in_flight", "Gateway requests being served.", ["service"])
+    supervision = _counter(
+        "service_supervision_errors", "Unexpected errors its supervision survived.", ["service"]
+    )
     for name, svc in sorted(services.items()):
         waiting.add_metric([name], float(svc.get("waiting") or 0))
         in_flight.add_metric([name], float(svc.get("in_flight") or 0))
@@ -118,6 +121,7 @@ def service_metrics(services: dict[str, Any]) -> list[Metric]:
         if health.get("last_latency") is not None:
             latency.add_metric([name], float(health["last_latency"]))
         failures.add_metric([name], float(health.get("failures") or 0))
+        supervision.add_metric([name], float(svc.get("supervision_errors") or 0))
         rolled_back.add_metric([name], 1.0 if svc.get("degraded") else 0.0)
         elapsed = (svc.get("progress") or {}).get("elapsed")
         if current == "starting" and elapsed is not None:
@@ -134,6 +138,7 @@ def service_metrics(services: dict[str, Any]) -> list[Metric]:
         loading,
         waiting,
         in_flight,
+        supervision,
     ]
 
 
@@ -233,11 +238,15 @@ def daemon_metrics(status: dict[str, Any]) -> list[Metric]:
         started.add_metric([], float(daemon["started_at"]))
     orphans = _counter("orphans_killed", "Processes of a previous daemon killed at start.")
     orphans.add_metric([], float(daemon.get("orphans_killed") or 0))
+    task_errors = _counter("daemon_task_errors", "Unexpected errors a daemon loop survived.",
+                           ["task"])  # fmt: skip
+    for task, count in sorted((daemon.get("task_errors") or {}).items()):
+        task_errors.add_metric([str(task)], float(count or 0))
     adopted = _counter(
         "engines_adopted", "Running engines of a previous daemon taken over at start."
     )
     adopted.add_metric([], float(daemon.get("engines_adopted") or 0))
-    return [build, started, orphans, adopted]
+    return [build, started, orphans, task_errors, adopted]
 
 
 class StatusCollector(Collector):

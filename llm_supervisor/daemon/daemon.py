@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from ..config.offload import load_config_off_loop
 from ..control.server import serve_control
 from ..errors import ConfigIssue, SupervisorError, UpgradeError
 from ..gateway.app import Gateway
+from ..gateway.limits import GatewayLimits, default_max_connections
 from ..gateway.relief import relieve
 from ..gpu.fake import make_backend
 from ..gpu.nvml import GpuMonitor
@@ -31,13 +34,16 @@ from ..process.registry import GroupRegistry
 from ..process.tree import find_marked, kill_refs, killpg
 from ..reload.reloader import Reloader
 from ..reload.watcher import watch_config_dir
+from ..service.crashonly import crash_only
 from ..service.deps import GpuHooks
 from ..service.gate import StartGate
 from ..service.manager import Manager
 from ..service.starts import StartHistory
+from ..service.states import State
 from . import lastresort
 from .backend import DaemonBackend, GatewayServices
 from .listeners import Listeners, take_inherited
+from .rlimits import NofileLimits, raise_nofile
 from .sdnotify import SystemdNotifier, watchdog_loop
 from .status import DaemonFacts, StatusReport, summary_line
 from .upgrade import PRECHECK_TIMEOUT, Handover, exec_self, precheck
@@ -62,11 +68,19 @@ class DaemonOptions:
     debounce_ms: int = 50
     gpu_interval: float = 5.0
     upgrade_timeout: float = PRECHECK_TIMEOUT
+    # max_connections None: a share of the descriptor limit (default_max_connections)
+    gateway_limits: GatewayLimits = field(default_factory=GatewayLimits)
+
+
+# Loops that must run for the daemon to supervise anything: the watchdog ping needs them.
+VITAL_TASKS = ("reloader", "gpu", "status", "control")
 
 
 class Daemon:
     def __init__(self, options: DaemonOptions) -> None:
         self.options = options
+        self.nofile: NofileLimits | None = None
+        self.task_errors: Counter[str] = Counter()  # exceptions the daemon's loops survived
         self.notifier = SystemdNotifier()
         self.placement = Placement(GpuMonitor(make_backend()), self._placement_hooks())
         self.registry = GroupRegistry(options.state_dir)
@@ -146,6 +160,7 @@ class Daemon:
     # -- run ---------------------------------------------------------------------------
 
     async def run(self) -> int:
+        self.nofile = raise_nofile()
         self._install_signals()
         await self.placement.refresh()
         config = self.load()  # ConfigError propagates: nothing has been started yet
@@ -224,7 +239,7 @@ class Daemon:
             start_history=StartHistory(self.options.state_dir / "starts.json"),
         )
         if self.options.gateway is not None:
-            self.gateway = Gateway(GatewayServices(self.manager))
+            self.gateway = Gateway(GatewayServices(self.manager), limits=self._gateway_limits())
             self.manager.listeners.append(self.gateway.pins.on_state)  # pins load at ready
         self.reloader = Reloader(
             self.options.config_dir, self.manager, self.load, load_async=self.load_off_loop,
@@ -232,7 +247,7 @@ class Daemon:
             on_done=lambda record: self.notifier.ready(),
         )  # fmt: skip
         self.report = StatusReport(
-            self.facts, self.manager, self.placement, self.gateway, self.reloader
+            self.facts, self.manager, self.placement, self.gateway, self.reloader, self._health
         )
         self.backend = DaemonBackend(
             self.manager, self.placement, self.reloader, self.report, self.request_upgrade,
@@ -241,6 +256,25 @@ class Daemon:
 
     def _publish_summary(self, *_: object) -> None:
         self.notifier.status(summary_line(self.manager))
+
+    def _gateway_limits(self) -> GatewayLimits:
+        limits = self.options.gateway_limits
+        if limits.max_connections is None and self.nofile is not None:
+            share = default_max_connections(self.nofile.soft)
+            limits = dataclasses.replace(limits, max_connections=share)
+        log.info("gateway.limits", **dataclasses.asdict(limits))
+        return limits
+
+    def _health(self) -> dict[str, Any]:
+        """The status document's word on supervision itself."""
+        errors = Counter(self.task_errors)
+        if self.gateway is not None:
+            errors.update(self.gateway.task_errors)  # exceptions its loops survived
+        return {
+            "supervising": self.supervising(),
+            "task_errors": dict(sorted(errors.items())),
+            "nofile": dataclasses.asdict(self.nofile) if self.nofile else None,
+        }
 
     def _placement_hooks(self) -> PlacementHooks:
         """Placement exists before the config (it validates GPU references), the services
@@ -274,24 +308,26 @@ class Daemon:
             self._spawn(group, "gateway", self.gateway.serve(host, port, gateway_up, sock=sock))
             waits.append(gateway_up.wait())
         await self._started(waits)
-        assert self.reloader is not None
-        self._spawn(group, "reloader", self.reloader.run())
+        reloader = self.reloader
+        assert reloader is not None
+        self._guarded(group, "reloader", reloader.run)
         if self.options.watch:
-            self._watch_stop = asyncio.Event()
-            self._spawn(group, "watcher", watch_config_dir(
-                self.options.config_dir, self.reloader, self._watch_stop, self.options.debounce_ms
+            stop = self._watch_stop = asyncio.Event()
+            self._guarded(group, "watcher", lambda: watch_config_dir(
+                self.options.config_dir, reloader, stop, self.options.debounce_ms
             ))  # fmt: skip
-        self._spawn(group, "gpu", self.placement.run(self.options.gpu_interval))
-        self._spawn(group, "status", self._status_loop())
+        self._guarded(group, "gpu", lambda: self.placement.run(self.options.gpu_interval))
+        self._guarded(group, "status", self._status_loop)
         await self.manager.start_boot_services(held=self.handover.held)
         self.notifier.ready(status=summary_line(self.manager))
         self._set_facts(ready=True)
         if self.handover.generation:
             log.info("daemon.upgraded", old=self.handover.previous_version, new=__version__,
                      generation=self.handover.generation, pid=os.getpid())  # fmt: skip
-        # WATCHDOG=1 is sent from this event loop: if the loop blocks, systemd notices.
+        # WATCHDOG=1 is sent from this event loop, and only while every supervision task
+        # runs: a blocked loop or a dead supervisor both end the pings, and systemd acts.
         self._spawn(group, "watchdog", watchdog_loop(
-            self.notifier, self.notifier.watchdog_interval()
+            self.notifier, self.notifier.watchdog_interval(), self.supervising
         ))  # fmt: skip
         log.info("daemon.ready", services=len(self.manager.services),
                  control=self.options.control, gateway=self.report.gateway_address())  # fmt: skip
@@ -314,6 +350,23 @@ class Daemon:
 
     def _spawn(self, group: asyncio.TaskGroup, name: str, coro: Any) -> None:
         self._tasks[name] = group.create_task(coro, name=name)
+
+    def _guarded(
+        self, group: asyncio.TaskGroup, name: str, run: Callable[[], Awaitable[object]]
+    ) -> None:
+        """A crash-only loop: an exception is logged (daemon.task_error), counted and the
+        loop starts again; before, it ended the TaskGroup and with it every engine."""
+        self._spawn(group, name, crash_only(name, run, self.task_errors))
+
+    def supervising(self) -> bool:
+        """Every service that should be supervised is, and the daemon's vital loops run."""
+        tasks = getattr(self, "_tasks", {})
+        for name in VITAL_TASKS:  # cancelled is the shutdown's doing, not a failure
+            task = tasks.get(name)
+            if task is not None and task.done() and not task.cancelled():
+                return False
+        settled = (State.STOPPED, State.FATAL, State.STOPPING)  # stopping: a stop holds it
+        return all(s.supervised or s.state in settled for s in self.manager.services.values())
 
     async def _status_loop(self) -> None:
         while True:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,10 @@ class StatusReport:
         placement: Placement,
         gateway: Gateway | None,
         reloader: Reloader,
+        health: Callable[[], dict[str, Any]] = dict,
     ) -> None:
         self.facts = facts
+        self._health = health  # supervising, task errors, descriptor limits (the daemon's)
         self._manager = manager
         self._placement = placement
         self._gateway = gateway
@@ -87,6 +90,7 @@ class StatusReport:
                 "previous_version": self.facts.previous_version,
                 "config_dir": str(self.facts.config_dir),
                 "gateway": self.gateway_address(),
+                **self._health(),
             },
             "services": services,
             "gpus": self._placement.status(config),

@@ -18,6 +18,7 @@ from functools import lru_cache
 from . import model as c
 from .model import Diagnosis
 from .patterns import RULES
+from .process_rules import own_stop
 from .rules import Found, Rule
 
 _LINES = re.compile(r"\r\n|\r|\n")  # tqdm bars redraw with a bare \r
@@ -84,13 +85,20 @@ def diagnose_exit(
     engine: str | None = None,
     exit_code: int | None = None,
     signal: int | None = None,
+    stopped_for: str | None = None,
 ) -> Diagnosis:
     """Classify an exit the supervisor did not ask for: the output first, then the status.
 
     ``exit_code`` may be a negative number (Python's way of reporting a signal) or 128+N
-    (a shell's); both are read as signals.
+    (a shell's); both are read as signals. ``stopped_for``: the supervisor stopped the
+    engine itself ("startup_timeout", "health"), so its signal says nothing about a cause.
     """
     found = diagnose(text, engine)
+    if found.known and found.cause != c.KILLED:
+        return found
+    own = own_stop(stopped_for)
+    if own is not None:
+        return own
     if found.known:
         return found
     signal = _signal_of(exit_code, signal)

@@ -23,6 +23,8 @@ EXECUTABLE_MISSING = "executable_missing"
 KILLED = "killed"
 ENGINE_DEAD = "engine_dead"
 UNEXPECTED_EXIT = "unexpected_exit"
+STARTUP_TIMEOUT = "startup_timeout"  # the supervisor stopped it: not ready in time
+UNRESPONSIVE = "unresponsive"  # the supervisor stopped it: liveness probes failed
 UNKNOWN = "unknown"
 
 CAUSES: tuple[str, ...] = (
@@ -42,6 +44,8 @@ CAUSES: tuple[str, ...] = (
     KILLED,
     ENGINE_DEAD,
     UNEXPECTED_EXIT,
+    STARTUP_TIMEOUT,
+    UNRESPONSIVE,
     UNKNOWN,
 )
 

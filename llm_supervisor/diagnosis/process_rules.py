@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from . import model as c
+from .model import Diagnosis
 from .rules import OLLAMA, VLLM, WRAPPER, Found, Rule, by_engine, fixed, rx
 
 
@@ -284,3 +285,25 @@ PROCESS_RULES: tuple[Rule, ...] = (
         _cuda_error_hint,
     ),
 )
+
+
+# The supervisor's own stops (Failure.reason in service/service.py): the signal that ended
+# the engine was ours, so "killed from outside" would send the operator looking for a
+# culprit that does not exist.
+_OWN_STOPS = {
+    "startup_timeout": Diagnosis(
+        c.STARTUP_TIMEOUT,
+        "stopped by the supervisor: not ready within health.startup_timeout; a large model "
+        "may need longer (raise it), else its last lines show where the load got stuck",
+    ),
+    "health": Diagnosis(
+        c.UNRESPONSIVE,
+        "stopped by the supervisor: health.failures liveness probes in a row failed (hung "
+        "engine?); if it is only slow under load, raise health.timeout or health.failures",
+    ),
+}
+
+
+def own_stop(reason: str | None) -> Diagnosis | None:
+    """The diagnosis of an engine the supervisor itself stopped for ``reason``, if it did."""
+    return _OWN_STOPS.get(reason or "")

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import socket
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,10 +18,19 @@ from aiohttp import web
 
 from ..errors import StartFailedError
 from ..logsetup import get_logger
+from ..service.crashonly import crash_only
 from . import ollama_api, openai_api
 from .auth import host_allowed, host_refused, is_loopback_bind, presented_key, unauthorized
 from .backend import GatewayBackend, Rebuild, Upstream
 from .idle import IdleWatcher
+from .limits import (
+    BodyTimeout,
+    BodyTooLarge,
+    GatewayLimits,
+    LimitedServer,
+    iter_body,
+    read_capped,
+)
 from .models_view import Clock, PolicyState
 from .pins import PinReconciler
 from .queue import WaitingRoom, queue_document, retry_after
@@ -57,8 +67,11 @@ class Gateway:
         stats: GatewayStats | None = None,
         pin_interval: float = 15.0,
         idle_interval: float = 10.0,
+        limits: GatewayLimits | None = None,
     ) -> None:
         self.backend = backend
+        self.limits = limits or GatewayLimits()
+        self.task_errors: Counter[str] = Counter()  # exceptions its loops survived
         self.stats = stats or GatewayStats()
         self.stats.known = lambda: routes_for(backend.config()).known_models
         self.state = PolicyState(backend, self.stats, clock)
@@ -71,6 +84,19 @@ class Gateway:
         self.loopback = True  # bound to loopback: the Host header is checked as Ollama does
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        try:
+            return await self._handle(request)
+        except (BodyTooLarge, BodyTimeout) as exc:
+            status = 413 if isinstance(exc, BodyTooLarge) else 408
+            log.warning("gateway.body_refused", path=request.path, status=status, error=str(exc))
+            error_body = openai_error if request.path.startswith("/v1/") else ollama_error
+            response = json_response(status, error_body(status, str(exc)))
+            # The rest of the body is not read into memory: aiohttp discards it for at most
+            # its lingering_time (10 s) so the client sees this answer, then closes.
+            response.force_close()
+            return response
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         # Before the body is read (and before 100-continue invites it): who is asking.
         # The Host header itself: aiohttp's request.host falls back to a DNS lookup.
         if self.loopback and not host_allowed(request.headers.get("Host", "")):
@@ -85,6 +111,9 @@ class Gateway:
                 log.info("gateway.unauthorized", client=request.remote, path=request.path)
                 return unauthorized(request.path)
             self.stats.key_requests[client.name] += 1
+        declared = request.content_length
+        if declared is not None and declared > self.limits.max_body and _buffered(request):
+            raise BodyTooLarge(self.limits.max_body)  # before "100 Continue" invites it
         if request.version >= (1, 1) and _expects_continue(request):
             # aiohttp's router would answer this; the low-level server leaves it to us. The
             # client waits for it before sending the body (curl: 1 s, then sends anyway).
@@ -100,12 +129,13 @@ class Gateway:
         return json_response(404, {"error": f"no route for {path}"})
 
     async def read_body(self, request: web.BaseRequest) -> bytes:
-        # Not request.read(): it refuses bodies over 1 MiB, and images in a chat are bigger.
-        return await request.content.read()
+        """A body the gateway parses (to route or rewrite it): at most ``max_body``."""
+        return await read_capped(request, self.limits)
 
-    async def body_stream(self, request: web.BaseRequest) -> AsyncIterator[bytes]:
-        async for chunk in request.content.iter_any():
-            yield chunk
+    def body_stream(self, request: web.BaseRequest) -> AsyncIterator[bytes]:
+        """A body passed through to the engine unread (model uploads): any size, since
+        only one chunk at a time is held; a client that stops sending is cut."""
+        return iter_body(request, self.limits)
 
     async def route(
         self,
@@ -281,9 +311,10 @@ class Gateway:
 
     async def run_loops(self) -> None:
         """The pin reconciler and the idle watcher; runs until cancelled."""
+        # Crash-only: a bug in one loop is logged and counted, and the loop starts again.
         async with asyncio.TaskGroup() as group:
-            group.create_task(self.pins.run())
-            group.create_task(self.idle.run())
+            group.create_task(crash_only("gateway.pins", self.pins.run, self.task_errors))
+            group.create_task(crash_only("gateway.idle", self.idle.run, self.task_errors))
 
     async def serve(
         self,
@@ -307,7 +338,17 @@ class Gateway:
                 hint="anyone who can reach this address can use every model; "
                 "see --gateway-keys in the README's Security section",
             )  # fmt: skip
-        server = web.Server(self.handle, handler_cancellation=True, access_log=None)
+        # handler_cancellation: a client that hangs up cancels its handler, and with it the
+        # engine request (the rule "client gone → upstream cancelled").
+        limits = self.limits
+        server = LimitedServer(
+            self.handle, handler_cancellation=True, access_log=None,
+            max_connections=limits.max_connections, header_timeout=limits.header_timeout,
+            # aiohttp's own knobs: closes a connection idle this long (its default: 3630 s);
+            # request line and header fields stay at aiohttp's 8190-byte limits
+            # (max_line_size, max_field_size), which answer 400 above them.
+            keepalive_timeout=limits.keepalive_timeout,
+        )  # fmt: skip
         runner = web.ServerRunner(server, shutdown_timeout=GRACEFUL_SHUTDOWN)
         await runner.setup()
         loop_task = asyncio.create_task(self.run_loops()) if loops else None
@@ -335,6 +376,11 @@ class Gateway:
                     await loop_task
             await self.pins.close()
             await self.client.close()
+
+
+def _buffered(request: web.BaseRequest) -> bool:
+    """Bodies the gateway reads whole; model uploads (/api/blobs) are streamed instead."""
+    return not request.path.startswith("/api/blobs/")
 
 
 class _StillLoading:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
@@ -18,6 +17,7 @@ from typing import Any, Protocol
 import pynvml
 
 from ..logsetup import get_logger
+from ..process.threads import start_thread
 from .snapshot import GpuDevice, GpuProcess, GpuSnapshot
 
 __all__ = [
@@ -231,7 +231,9 @@ class GpuMonitor:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(deliver, snap)
 
-        threading.Thread(target=work, name="nvml-read", daemon=True).start()
+        error = start_thread(work, "nvml-read")
+        if error is not None:  # no telemetry this round; the next poll tries again
+            deliver(GpuSnapshot.unavailable(taken_at, f"cannot start the NVML thread: {error}"))
         return future
 
     def _note(self, snap: GpuSnapshot) -> None:

@@ -11,7 +11,6 @@ output spool was read, since when it was ready and its restart counts.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import json
 import os
@@ -39,30 +38,31 @@ class GroupRegistry:
 
         Without this, a second daemon started on the same state dir (an operator trying
         ``run`` by hand next to the service) would take the first one's engines for orphans
-        and kill them. flock is released by the kernel when we die, also on SIGKILL; the fd
-        is close-on-exec, so engines never hold it.
+        and kill them. The lock is the directory itself (flock on a read-only fd of it),
+        which can be taken even when the dir is read-only or full; a lock file there could
+        not be created, and two daemons then took each other's engines. flock is released
+        by the kernel when we die, also on SIGKILL; the fd is close-on-exec.
         """
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        path = self.state_dir / "daemon.lock"
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            # Read-only or full state dir: supervise anyway (the environment marker still
-            # finds orphans), but say that nothing keeps a second daemon off this dir.
-            log.error("state.lock_failed", path=str(path), error=str(exc))
-            return
+        fd = os.open(self.state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise StateDirBusyError(
-                f"another daemon (pid {holder}) is running on state dir {self.state_dir}"
+                f"another daemon (pid {self._holder()}) is running on state dir {self.state_dir}"
             ) from None
         self._lock_fd = fd
-        with contextlib.suppress(OSError):  # the pid is for humans; the lock is what counts
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+        try:  # the pid is for humans (the message above); the lock is what counts
+            (self.state_dir / "daemon.lock").write_text(f"{os.getpid()}\n")
+        except OSError as exc:
+            log.warning("state.pid_file_failed", dir=str(self.state_dir), error=str(exc))
+
+    def _holder(self) -> str:
+        try:
+            return (self.state_dir / "daemon.lock").read_text().strip() or "unknown"
+        except OSError:
+            return "unknown"
 
     def release(self) -> None:
         if self._lock_fd is not None:

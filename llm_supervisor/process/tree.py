@@ -14,12 +14,12 @@ import asyncio
 import contextlib
 import os
 import signal
-import threading
 from dataclasses import dataclass
 
 import psutil
 
 from ..logsetup import get_logger
+from .threads import start_thread
 
 log = get_logger(__name__)
 
@@ -165,7 +165,10 @@ async def find_owners_async(
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
             loop.call_soon_threadsafe(deliver, result)
 
-    threading.Thread(target=work, name="find-marked", daemon=True).start()
+    if start_thread(work, "find-marked") is not None:
+        # No thread to spare (pids limit): scan on the loop. A stalled loop for a moment
+        # beats a stop ladder that cannot find an engine's escaped processes.
+        return find_owners(marker, prefix=prefix)
     try:
         return await asyncio.wait_for(asyncio.shield(future), timeout)
     except TimeoutError:

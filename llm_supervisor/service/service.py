@@ -34,6 +34,7 @@ from ..process.output import OutputRing, RotatingFile
 from ..process.ports import port_owner
 from ..process.registry import recorded_root, recorded_tree
 from .backoff import decide_restart
+from .crashonly import ErrorTrack
 from .deps import ServiceDeps
 from .progress import Progress, ProgressTracker
 from .starts import estimate_eta
@@ -42,6 +43,7 @@ from .usage import Usage
 
 log = get_logger(__name__)
 JITTER = 0.2
+FIRST = asyncio.FIRST_COMPLETED
 TREE_SNAPSHOT_INTERVAL = 5.0  # seconds between process-tree snapshots of a ready engine
 ADMISSION = "insufficient_free_memory"  # the cause placement gives a start the GPU refused
 
@@ -74,6 +76,9 @@ class Service:
         self.health_latency: float | None = None
         self.health_failures = 0
         self.degraded: str | None = None
+        self.supervision_errors = 0  # unexpected exceptions in _supervise, all resumed
+        self._errors = ErrorTrack("service.supervision_error")
+        self._interrupted: Failure | None = None  # a failure whose cleanup an error cut
         self.starting_since: float | None = None
         self.spawned_at: float | None = None  # clock time of this run's spawn
         self.warmup: dict[str, Any] | None = None  # the last warm-up: seconds, ok
@@ -82,6 +87,7 @@ class Service:
         self._runner: asyncio.Task[None] | None = None
         self._failure_times: list[float] = []
         self._adopted_ready_since: object = None  # wall time the adopted engine became ready
+        self._adopting = False  # the current run resumes an engine of a previous daemon
         self._run_started = 0.0
         self._lifecycle = asyncio.Lock()
         self._leases = 0
@@ -170,7 +176,10 @@ class Service:
         self._changed.set()
         self._changed = asyncio.Event()
         for listener in self.deps.listeners:
-            listener(self.name, old, new, reason)
+            try:
+                listener(self.name, old, new, reason)
+            except Exception:  # an observer's bug must not break the state machine
+                log.exception("service.listener_error", service=self.name)
 
     async def _wait_for(self, accept: Callable[[State], bool]) -> State:
         while not accept(self.state):
@@ -180,19 +189,29 @@ class Service:
     # -- lifecycle requests (serialized) -----------------------------------------------
 
     async def ensure_ready(self, timeout: float | None = None) -> None:
-        """Start if needed and wait until ready; raise StartFailedError if it cannot be."""
+        """Start if needed and wait until ready; raise StartFailedError if it cannot be.
+
+        A fatal service stays fatal: a request is no operator, and restarting what failed
+        ``max_failures`` times on every request would load a broken model again and again.
+        Only start, restart or a profile edit of the service leave fatal.
+        """
         async with self._lifecycle:
+            if self.state is State.FATAL:
+                raise self._start_failed()
             if self._runner is None or self._runner.done():
                 self._launch()
         state = await asyncio.wait_for(self._wait_for(self._start_settled), timeout)
         if state is not State.READY:
-            failure = self.last_failure
-            raise StartFailedError(
-                self.name,
-                self.reason or "stopped",
-                cause=failure.cause if failure else "unknown",
-                hint=failure.hint if failure else "",
-            )
+            raise self._start_failed()
+
+    def _start_failed(self) -> StartFailedError:
+        failure = self.last_failure
+        return StartFailedError(
+            self.name,
+            self.reason or "stopped",
+            cause=failure.cause if failure else "unknown",
+            hint=failure.hint if failure else "",
+        )
 
     def _start_settled(self, state: State) -> bool:
         """Ready, given up, stopped, or backing off because the GPU cannot take it: a
@@ -264,6 +283,20 @@ class Service:
         # for the outcome of this start.
         self._set_state(State.STARTING, "start")
         self._runner = asyncio.create_task(self._supervise(), name=f"service:{self.name}")
+        self._runner.add_done_callback(self._runner_ended)
+
+    def _runner_ended(self, runner: asyncio.Task[None]) -> None:
+        """The guard in _supervise ends only by fatal or cancel; anything else (a
+        BaseException) must not leave ``ready`` on an engine nobody watches any more."""
+        if runner.cancelled() or runner.exception() is None or self._runner is not runner:
+            return
+        if self.state in (State.STARTING, State.READY, State.STOPPING, State.BACKOFF):
+            self._set_state(State.FATAL, f"supervision ended: {runner.exception()!r}")
+
+    @property
+    def supervised(self) -> bool:
+        """A supervision task runs for this service (False when stopped or fatal)."""
+        return self._runner is not None and not self._runner.done()
 
     async def _stop_locked(self, reason: str) -> None:
         runner, self._runner = self._runner, None
@@ -284,10 +317,32 @@ class Service:
 
     # -- the runner: start, watch, restart ---------------------------------------------
 
-    async def _supervise(self, adopted: ChildProcess | None = None) -> None:
+    async def _supervise(self) -> None:
+        """Crash-only: an unexpected exception anywhere in a run is logged, counted, and the
+        run resumes after a backoff from what it finds (a live engine is probed, not
+        restarted; a dead one is a crash). Only fatal and cancellation end this task."""
+        delay = 0.0
         while True:
-            failure = await self._run_once(adopted)
-            adopted = None
+            try:
+                if delay:
+                    await asyncio.sleep(delay)
+                await self._supervise_runs()
+                return
+            except Exception as exc:
+                delay = self._supervision_failed(exc)
+
+    def _supervision_failed(self, exc: Exception) -> float:
+        self.supervision_errors += 1
+        delay = self._errors.record(exc, service=self.name, state=str(self.state))
+        # Nobody watches the engine until the resume: it must not be shown ready.
+        if self.state is not State.BACKOFF and State.BACKOFF in ALLOWED[self.state]:
+            self._set_state(State.BACKOFF, f"supervision error {exc!r}; resuming in {delay:g}s")
+        return delay
+
+    async def _supervise_runs(self) -> None:
+        while True:
+            failure = await self._run_once()
+            self._adopting, self._adopted_ready_since = False, None  # later runs are our own
             self.last_failure = failure
             self.last_exit_at = self.deps.wall_clock()
             now = self.deps.clock()
@@ -311,32 +366,41 @@ class Service:
             self._set_state(State.BACKOFF, f"{summary}; restart in {decision.delay:.2f}s")
             await asyncio.sleep(decision.delay)
 
-    async def _run_once(self, adopted: ChildProcess | None = None) -> Failure:
+    async def _run_once(self) -> Failure:
+        child = self._child
         if self.state is not State.STARTING:
-            self._set_state(State.STARTING, "restart")
-        self._progress = ProgressTracker(self.config.spec.engine, self.deps.clock)
-        self.spawned_at = None  # set at spawn: waiting in the GPU gate is not loading
-        try:
-            if adopted is not None:
-                # No start gate: the engine holds its memory already, admission would count
-                # it twice, and the previous daemon admitted it.
-                child, failure = adopted, await self._await_ready(adopted)
-            else:
+            self._set_state(State.STARTING, "restart" if child is None else "resume")
+        interrupted, self._interrupted = self._interrupted, None
+        if child is not None and interrupted is not None:
+            # The error hit the cleanup of a failed run: finish that, don't probe a hung
+            # engine again for a whole startup_timeout.
+            self._set_state(State.STOPPING, interrupted.message)
+            failure: Failure | None = interrupted
+        elif child is not None:
+            # Resuming after a supervision error: the engine of the interrupted run is
+            # probed (ready again at once if it answers), never blindly restarted.
+            failure = await self._await_ready(child)
+        else:
+            self._progress = ProgressTracker(self.config.spec.engine, self.deps.clock)
+            self.spawned_at = None  # set at spawn: waiting in the GPU gate is not loading
+            try:
                 async with self.deps.start_gate(self.config):
                     child = await self._spawn()
                     failure = await self._await_ready(child)
-        except StartFailedError as exc:
-            return Failure("spawn", exc.reason, cause=exc.cause, hint=exc.hint)
+            except StartFailedError as exc:
+                return Failure("spawn", exc.reason, cause=exc.cause, hint=exc.hint)
         if failure is None:
-            if adopted is None:  # an adopted engine was warmed up and timed by its starter
+            if not self._adopting:  # an adopted engine was warmed up and timed by its starter
                 await self._warm_up()
                 self._record_start()
-            self._become_ready(child, adopted is not None)
+            self._become_ready(child)
             failure = await self._watch(child)
             # Not serving any more: ensure_ready() must not answer "ready" during the cleanup
             # (seconds on a GPU while the memory is released), and a stop must find no READY.
             self._set_state(State.STOPPING, failure.message)
+        self._interrupted = failure  # cleared below; a resume finishes what an error cut
         await self._cleanup_after_failure(child, failure)
+        self._interrupted = None
         return failure
 
     async def _spawn(self) -> ChildProcess:
@@ -446,7 +510,9 @@ class Service:
             self._child = child
             child.on_tree_grew = self._record
             self._set_state(State.STARTING, "adopted")
-            self._runner = asyncio.create_task(self._supervise(child), name=f"service:{self.name}")
+            # The run resumes with this child: probed, never restarted (as after an error).
+            self._adopting = True
+            self._runner = asyncio.create_task(self._supervise(), name=f"service:{self.name}")
         log.info("service.adopted", service=self.name, pid=child.pid)
         return True
 
@@ -470,10 +536,13 @@ class Service:
         probe = asyncio.create_task(self._poll_ready(child))
         exited = child.exited()
         racers: set[asyncio.Future[Any]] = {probe, exited}
-        done, _ = await asyncio.wait(racers, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        if probe in done:
-            return None
-        probe.cancel()
+        try:
+            done, _ = await asyncio.wait(racers, timeout=timeout, return_when=FIRST)
+            if probe in done:
+                probe.result()  # a probe that raised is a supervision error, not "ready"
+                return None
+        finally:
+            probe.cancel()  # also when this wait was interrupted: no probe left behind
         with contextlib.suppress(asyncio.CancelledError):
             await probe
         if exited in done:
@@ -527,7 +596,8 @@ class Service:
                 message = f"{self.health_failures} consecutive health checks failed"
                 return Failure("health", message, was_ready_for=ready_for)
 
-    def _become_ready(self, child: ChildProcess, adopted: bool) -> None:
+    def _become_ready(self, child: ChildProcess) -> None:
+        adopted, self._adopting = self._adopting, False
         self._set_state(State.READY, "adopted" if adopted else "ready")
         if child.follower is not None:
             child.follower.eager = False  # loaded: no more phases to show at once
@@ -617,7 +687,7 @@ class Service:
         text = "\n".join(ln.text for ln in lines)[-64 * 1024 :]
         result = diagnose_exit(
             text, self.config.spec.engine, status.code if status else None,
-            status.signal if status else None,
+            status.signal if status else None, stopped_for=failure.reason,
         )  # fmt: skip
         # The hint names flags as vLLM documents them; say them as this profile spells them.
         failure.cause, failure.hint = result.cause, respell(result.hint, self.config.spec.args)
@@ -665,6 +735,8 @@ class Service:
             "last_exit": last_exit,
             "last_request": self._wall(self._last_request),
             "degraded": self.degraded,
+            "supervised": self.supervised,
+            "supervision_errors": self.supervision_errors,
             "eta_s": self.eta() if self.state is not State.READY else None,
             "warmup": self.warmup,
             "health": {"last_latency": self.health_latency, "failures": self.health_failures},

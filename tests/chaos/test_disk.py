@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.daemon_harness import profile_text, wait_until, write_atomic
+from tests.daemon_harness import CLI, clean_env, profile_text, wait_until, write_atomic
 
 from .conftest import TIRELESS, daemon_on, engines, tmpfs
 
@@ -106,10 +106,34 @@ def test_read_only_state_dir_is_reported_and_supervision_goes_on(tmp_path: Path,
         errors = daemon.events("state.write_failed")
         assert errors and str(state) in str(errors[0]["dir"]), errors
         if when == "at_start":
-            assert daemon.events("state.lock_failed")
+            assert daemon.events("state.pid_file_failed")
         assert daemon.pids()[bystander] == pids[bystander]
         assert daemon.services()[bystander]["restarts"] == 0
         # Without records the next program would take its own engines for orphans.
         refused = daemon.cli("upgrade", timeout=60)
         assert refused.returncode == 1 and "cannot record the engines" in refused.stderr
         assert daemon.pids()[bystander] == pids[bystander]
+
+
+@pytest.mark.timeout(90)
+def test_a_second_daemon_on_a_read_only_state_dir_is_refused(tmp_path: Path) -> None:
+    """The lock is the state dir itself: taken even where no lock file can be created.
+    Before, the second daemon took the first one's engines for orphans and killed them."""
+    write_atomic(tmp_path / "cpu.yaml", profile_text(engines(1)))
+    first_control, second_control = tmp_path / "c1", tmp_path / "c2"
+    first_control.mkdir()
+    second_control.mkdir()
+    with (
+        tmpfs(tmp_path / "state", "1m", read_only=True) as state,
+        daemon_on(tmp_path, state, control_dir=first_control, log_dir=tmp_path / "l1") as first,
+    ):
+        pids = first.pids()
+        argv = [*CLI, "run", "--config-dir", str(tmp_path), "--state-dir", str(state),
+                "--log-dir", str(tmp_path / "l2"), "--gateway", "off",
+                "--control", f"unix:{second_control / 'control.sock'}"]  # fmt: skip
+        second = subprocess.run(argv, env=clean_env(), capture_output=True, text=True,
+                                timeout=60)  # fmt: skip
+        assert second.returncode == 1, second.stderr[-2000:]
+        assert "another daemon" in second.stderr and str(state) in second.stderr
+        assert first.pids() == pids
+        assert all(psutil.pid_exists(pid) for pid in pids.values() if pid)
