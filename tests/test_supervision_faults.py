@@ -168,8 +168,9 @@ async def faulted_run(manager: Any, at: int) -> bool:
     assert before is not None
     os.kill(before, signal.SIGKILL)  # and supervising: a kill -9 is still restarted
     await until(lambda: serving(service) and service.pid != before)
-    # Resuming never leaves a second engine behind, nor runs without one.
-    assert [p.pid for p in marked_sleeps(service)] == [service.pid], at
+    # Resuming never leaves a second engine behind, nor runs without one. Polled: the new
+    # engine may still be between fork and exec (not yet named "sleep") on a loaded machine.
+    await until(lambda: [p.pid for p in marked_sleeps(service)] == [service.pid])
     await service.stop()
     assert marked_sleeps(service) == []
     return True
