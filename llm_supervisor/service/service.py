@@ -298,12 +298,16 @@ class Service:
         """A supervision task runs for this service (False when stopped or fatal)."""
         return self._runner is not None and not self._runner.done()
 
-    async def _stop_locked(self, reason: str) -> None:
+    async def _cancel_runner(self) -> None:
+        """End the supervision task (with the lifecycle lock held)."""
         runner, self._runner = self._runner, None
         if runner is not None and not runner.done():
             runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await runner
+
+    async def _stop_locked(self, reason: str) -> None:
+        await self._cancel_runner()
         child = self._child
         if child is not None and (child.running or child.known):
             if self.state in (State.STARTING, State.READY):
@@ -519,11 +523,7 @@ class Service:
     async def detach(self) -> None:
         """Stop supervising and leave the engine running (an upgrade re-adopts it)."""
         async with self._lifecycle:
-            runner, self._runner = self._runner, None
-            if runner is not None and not runner.done():
-                runner.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await runner
+            await self._cancel_runner()
             child = self._child
             if child is not None and child.running:
                 await child.detach()
