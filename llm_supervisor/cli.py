@@ -33,6 +33,7 @@ COMMANDS = {
     "logs": "Show or follow a service's output.",
     "gpus": "Show GPUs, their memory and who holds it.",
     "diagnose": "Classify an engine log: cause, hint, numbers.",
+    "upgrade": "Re-execute the daemon in place with the installed code; engines keep running.",
     "ui": "Serve the status page on 127.0.0.1 through the control socket; print its URL.",
 }
 

@@ -82,3 +82,11 @@ class ControlAddressError(ControlError):
 
 class ControlAuthError(ControlError):
     """The control API wants a bearer token that was not sent or does not match."""
+
+
+class ListenError(SupervisorError):
+    """The gateway's or the control API's address cannot be listened on."""
+
+
+class UpgradeError(SupervisorError):
+    """An in-place upgrade was refused: the new code cannot start, or one is under way."""

@@ -209,6 +209,12 @@ class DaemonProcess:
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM, then SIGKILL; then kill whatever still carries the daemon's marker."""
+        self.stop_daemon_only(timeout)
+        kill_refs(find_marked(self.marker_prefix, prefix=True))
+        return self.proc.returncode
+
+    def stop_daemon_only(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM (it stops its engines), then SIGKILL; a dead daemon's engines stay."""
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -219,7 +225,6 @@ class DaemonProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        kill_refs(find_marked(self.marker_prefix, prefix=True))
         return self.proc.returncode
 
 
@@ -261,6 +266,8 @@ def run_daemon(
     wait_ready: bool = True,
     timeout: float = 20.0,
     log_dir: Path | None = None,
+    state_dir: Path | None = None,
+    gateway_port: int | None = None,
     prefix: Sequence[str] = (),
 ) -> Iterator[DaemonProcess]:
     """Start ``llm-supervisor run`` on ``config_dir``; yield a handle; always clean up.
@@ -269,11 +276,14 @@ def run_daemon(
     ``extra_args``: more ``run`` flags. ``env``: added to a cleaned environment (pass
     ``NOTIFY_SOCKET`` here). ``wait_control``: wait until the control API answers (False for
     a daemon expected to exit, e.g. on a bad config: ``handle.proc.wait()``). ``wait_ready``:
-    also wait until every boot service is ready. ``prefix``: a wrapper command, e.g.
-    ``["prlimit", "--nofile=400:400"]``.
+    also wait until every boot service is ready. ``state_dir`` (and ``gateway_port``): run on
+    the caller's state dir, to hand it to a next daemon; the caller then owns its cleanup, and
+    the engines of a daemon that was killed are left alone (a next daemon adopts them).
+    ``prefix``: a wrapper command, e.g. ``["prlimit", "--nofile=400:400"]``.
     """
-    state_dir = Path(tempfile.mkdtemp(prefix="lsd-", dir="/tmp"))  # short: socket path limit
-    port = free_port() if gateway else None
+    own_state = state_dir is None
+    state_dir = state_dir or Path(tempfile.mkdtemp(prefix="lsd-", dir="/tmp"))  # socket limit
+    port = gateway_port or (free_port() if gateway else None)
     logs = log_dir or state_dir / "logs"
     argv = [
         *prefix, *CLI, "run", "--config-dir", str(config_dir), "--state-dir", str(state_dir),
@@ -282,7 +292,7 @@ def run_daemon(
         "--shutdown-timeout", "10", *extra_args,
     ]  # fmt: skip
     environ = clean_env(env)
-    stderr_path = state_dir / "daemon.stderr"
+    stderr_path = state_dir / f"daemon-{len(list(state_dir.glob('daemon*.stderr')))}.stderr"
     with stderr_path.open("wb") as stderr:
         proc = subprocess.Popen(argv, env=environ, stdout=stderr, stderr=stderr)
     daemon = DaemonProcess(proc, config_dir, state_dir, logs, stderr_path, port, environ)
@@ -296,6 +306,9 @@ def run_daemon(
         print(f"--- daemon stderr (tail) ---\n{daemon.log_tail(80)}")  # shown on failure
         raise
     finally:
-        daemon.stop()
-        if os.environ.get("KEEP_DAEMON_STATE") is None:
+        if own_state:
+            daemon.stop()
+        else:
+            daemon.stop_daemon_only()
+        if own_state and os.environ.get("KEEP_DAEMON_STATE") is None:
             shutil.rmtree(state_dir, ignore_errors=True)

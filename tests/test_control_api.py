@@ -118,6 +118,18 @@ async def test_reload(client: httpx.AsyncClient, backend: FakeControlBackend) ->
     assert rejected == {"result": "rejected", "errors": ["gpu1.yaml:3:5: bad"], "changes": {}}
 
 
+async def test_upgrade_answers_the_versions_or_409_with_the_reason(
+    client: httpx.AsyncClient, backend: FakeControlBackend
+) -> None:
+    done = await client.post("/v1/upgrade")
+    assert done.status_code == 200 and done.json()["to"] == "0.2.0"
+    backend.upgrade_error = "new code cannot start (ImportError: x); the daemon is unchanged"
+    refused = await client.post("/v1/upgrade")
+    assert refused.status_code == 409
+    assert refused.json()["error"] == {"type": "upgrade_failed", "message": backend.upgrade_error}
+    assert backend.calls == [("upgrade",), ("upgrade",)]
+
+
 async def test_logs_tail_lines_and_since(
     client: httpx.AsyncClient, backend: FakeControlBackend
 ) -> None:

@@ -173,3 +173,31 @@ def test_watchdog_belonging_to_another_pid_is_not_pinged(
     assert not any(m.get("WATCHDOG") for _, m in receiver.snapshot())
     daemon.signal(signal.SIGTERM)
     assert daemon.wait() == 0
+
+
+@pytest.mark.timeout(120)
+def test_upgrade_in_place_is_a_reload_for_systemd(
+    daemons: Callable[..., DaemonProcess], receiver: NotifyReceiver
+) -> None:
+    """SIGUSR2: RELOADING=1 (with MONOTONIC_USEC) from the old program, READY=1 from the new
+    one, the same PID (NotifyAccess=main keeps accepting it) and the same engine."""
+    env = {"NOTIFY_SOCKET": receiver.env_value, "WATCHDOG_USEC": str(WATCHDOG_USEC)}
+    daemon = daemons({"quick": engine()}, env=env)
+    first_ready = receiver.wait_for(lambda m: m.get("READY") == "1")
+    daemon.wait_ready()
+    engine_refs = daemon.engine_refs()
+    now_usec = monotonic_usec()
+    daemon.signal(signal.SIGUSR2)
+    reloading = receiver.wait_for(lambda m: m.get("RELOADING") == "1", after=first_ready + 1,
+                                  timeout=90)  # fmt: skip
+    assert now_usec <= int(receiver.snapshot()[reloading][1]["MONOTONIC_USEC"]) <= monotonic_usec()
+    receiver.wait_for(lambda m: m.get("READY") == "1", after=reloading + 1, timeout=60)
+    daemon.wait_for(lambda events: any(e.get("event") == "daemon.upgraded" for e in events))
+    assert daemon.proc.poll() is None
+    assert daemon.engine_refs() == engine_refs
+    # The watchdog goes on from the new program (same PID: WATCHDOG_PID still matches).
+    upgraded_at = time.monotonic()
+    time.sleep(1.0)
+    assert any(m.get("WATCHDOG") == "1" for t, m in receiver.snapshot() if t > upgraded_at)
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0

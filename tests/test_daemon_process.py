@@ -161,44 +161,47 @@ def alive(refs: set[ProcRef]) -> set[ProcRef]:
 # -- kill -9 of the daemon -------------------------------------------------------------
 
 
-def test_kill_9_of_daemon_then_next_daemon_kills_the_orphans(
+def test_kill_9_of_daemon_then_next_daemon_adopts_matching_engines_and_kills_the_rest(
     daemons: Callable[..., DaemonProcess],
 ) -> None:
     services = {
-        # Ignoring SIGTERM defeats setpriv --pdeathsig TERM: only the sweep can end these.
-        "stubborn": engine("--ignore-term", "--setsid-children", "2", "--children", "1"),
-        "stubborn2": engine("--ignore-term", "--children", "2"),
-        "plain": engine(),
+        "kept": engine("--ignore-term", "--setsid-children", "2", "--children", "1"),
+        "edited": engine("--children", "2"),
+        "removed": engine("--children", "1"),
     }
     first = daemons(services)
     first.wait_ready()
     # Grandchildren are spawned before the server starts, so they exist by now.
     first_gen = first.engine_refs()
-    assert len(first_gen) == 3 + 3 + 2, first_gen
-    setsid = [
-        r for r in first_gen if os.getsid(r.pid) == r.pid and _marker(r).endswith("::stubborn")
-    ]
+    assert len(first_gen) == 4 + 3 + 2, first_gen
+    by_service = {
+        name: {r for r in first_gen if _marker(r).endswith(f"::{name}")} for name in services
+    }
+    setsid = [r for r in by_service["kept"] if os.getsid(r.pid) == r.pid]
     assert len(setsid) >= 2  # the setsid grandchildren left the engine's group and session
-
-    # "plain" gets SIGTERM from --pdeathsig and exits on its own, maybe only after we look:
-    # only the SIGTERM-ignoring trees are certain to be left for the sweep.
-    stubborn = {r for r in first_gen if not _marker(r).endswith("::plain")}
-    assert len(stubborn) == 7, stubborn
     first.signal(signal.SIGKILL)
     assert first.wait() == -signal.SIGKILL
-    survivors = alive(stubborn)
-    assert len(survivors) >= 6, "engines ignoring SIGTERM must outlive the daemon"
+    # No parent-death signal any more: every engine outlives the daemon.
+    assert alive(first_gen) == first_gen
 
-    second = daemons(services, state_dir=first.state_dir)
-    second.wait_ready()  # same ports: the new engines only bind once the old ones are gone
-    assert not alive(first_gen), f"first daemon's processes survived: {alive(first_gen)}"
+    # While no daemon ran: one spec edited, one service removed, one unchanged.
+    edited = {**services["edited"], "args": {"max-model-len": 2048}}
+    second = daemons({"kept": services["kept"], "edited": edited}, state_dir=first.state_dir)
+    second.wait_ready()
+    assert alive(by_service["kept"]) == by_service["kept"], "the unchanged engine was adopted"
+    assert not alive(by_service["edited"] | by_service["removed"])
     events = second.events()
     killed = {e["pid"] for e in events if e.get("event") == "orphan.killed"}
-    assert {r.pid for r in survivors} <= killed
+    assert {r.pid for r in by_service["edited"] | by_service["removed"]} <= killed
+    assert not killed & {r.pid for r in by_service["kept"]}
+    skipped = {e["service"]: e["reason"] for e in events if e.get("event") == "adopt.skipped"}
+    assert skipped == {"edited": "spec changed", "removed": "no such service"}
     order = [e.get("event") for e in events]
     last_kill = max(i for i, name in enumerate(order) if name == "orphan.killed")
     assert last_kill < order.index("service.spawned"), "orphans are killed before any start"
-    assert len(second.engine_refs()) == 8  # the new generation, complete
+    spawned = [e["service"] for e in events if e.get("event") == "service.spawned"]
+    assert spawned == ["edited"], "only the edited service starts again"
+    assert len(second.engine_refs()) == 4 + 3  # kept (adopted) and edited (new)
 
 
 def _marker(ref: ProcRef) -> str:

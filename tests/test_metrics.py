@@ -39,6 +39,7 @@ FAMILIES = {
     "llm_supervisor_gpu_pressure": "gauge",
     "llm_supervisor_config_last_reload_successful": "gauge",
     "llm_supervisor_orphans_killed": "counter",
+    "llm_supervisor_engines_adopted": "counter",
     "llm_supervisor_service_start_elapsed_seconds": "gauge",
     "llm_supervisor_service_supervision_errors": "counter",
     "llm_supervisor_daemon_task_errors": "counter",
@@ -214,6 +215,7 @@ def test_alerting_families_follow_the_status() -> None:
     doc["gpus"]["gpus"][0].update(pressure="critical", error="GPU is lost")
     doc["reload"]["result"] = "rejected"
     doc["daemon"]["orphans_killed"] = 3
+    doc["daemon"]["engines_adopted"] = 2
     doc["services"]["qwen3-8b"].update(state="starting", progress={"phase": "x", "elapsed": 42.5})
     fams = scrape(StatusOnly(doc))
     assert value(fams[p + "service_rolled_back"], p + "service_rolled_back", service="broken") == 1
@@ -221,5 +223,6 @@ def test_alerting_families_follow_the_status() -> None:
     assert value(fams[p + "gpu_pressure"], p + "gpu_pressure", gpu="0", level="critical") == 1
     assert fams[p + "config_last_reload_successful"][0].value == 0
     assert value(fams[p + "orphans_killed"], p + "orphans_killed_total") == 3
+    assert value(fams[p + "engines_adopted"], p + "engines_adopted_total") == 2
     loading = fams[p + "service_start_elapsed_seconds"]
     assert [(s.labels, s.value) for s in loading] == [({"service": "qwen3-8b"}, 42.5)]

@@ -54,7 +54,7 @@ async def test_marker_scan_that_blocks_does_not_stall_the_loop(
     from llm_supervisor.process import tree
 
     release = threading.Event()
-    monkeypatch.setattr(tree, "find_marked", lambda marker, prefix=False: release.wait(10) or set())
+    monkeypatch.setattr(tree, "find_owners", lambda marker, prefix=False: release.wait(10) or {})
     try:
         assert await tree.find_marked_async("x", timeout=0.2) == set()
     finally:

@@ -6,6 +6,7 @@ Endpoints (JSON unless noted)::
     GET  /v1/gpus                               {"available", "reason", "gpus"}
     POST /v1/services/{name}/start|stop|restart ?wait=1
     POST /v1/reload                             ?wait=1&dry_run=1
+    POST /v1/upgrade                            re-exec in place; {"from", "to", "pid", ...}
     GET  /v1/services/{name}/logs               ?lines=N&since=SECONDS|10m&follow=1 (NDJSON)
     GET  /metrics                               Prometheus text format
     GET  /v1/events                             ?after=SEQ&limit=N&follow=1 (SSE) (page.py)
@@ -35,6 +36,7 @@ from ..errors import (
     StartFailedError,
     SupervisorError,
     UnknownServiceError,
+    UpgradeError,
 )
 from ..logsetup import get_logger
 from .backend import ControlBackend, LogLine
@@ -67,6 +69,8 @@ def error_body(exc: BaseException) -> tuple[int, dict[str, Any]]:
         status = 409 if kind else 500
         err.update(type=kind or "start_failed", service=exc.name, reason=exc.reason)
         err.update(cause=exc.cause, hint=exc.hint)
+    elif isinstance(exc, UpgradeError):
+        status, err["type"] = 409, "upgrade_failed"
     elif isinstance(exc, ServiceError):
         status, err["type"] = 409, "service_error"
     elif isinstance(exc, SupervisorError):
@@ -168,6 +172,10 @@ def create_app(
         result = await _shielded(backend.reload(_flag(query, "wait"), _flag(query, "dry_run")))
         return web.json_response(result)
 
+    async def upgrade(_: web.Request) -> web.StreamResponse:
+        log.info("control.upgrade")
+        return web.json_response(await _shielded(backend.upgrade()))
+
     async def logs(request: web.Request) -> web.StreamResponse:
         name, query = request.match_info["name"], request.query
         lines, since = _lines(query), _since(query)
@@ -196,6 +204,7 @@ def create_app(
     for action in ("start", "stop", "restart"):
         router.add_post(f"/v1/services/{{name}}/{action}", service_action(action))
     router.add_post("/v1/reload", reload)
+    router.add_post("/v1/upgrade", upgrade)
     router.add_get("/v1/services/{name}/logs", logs)
     router.add_get("/metrics", metrics)
     add_page_routes(router, ending)

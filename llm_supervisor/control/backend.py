@@ -6,7 +6,9 @@ works (the families are then empty or fall back to totals)::
 
     {"version": "0.1.0",
      "daemon": {"pid": 1, "uptime": 12.3, "config_dir": "...", "started_at": 1700000000.0,
-                "orphans_killed": 0},                                     # metrics
+                "orphans_killed": 0,                                      # metrics
+                "engines_adopted": 3, "ready": true,   # engines taken over at start; READY=1
+                "generation": 1, "previous_version": "0.1.0"},  # upgrades in place so far
      "services": {NAME: {
          "engine": "vllm", "gpu": [0], "state": "ready", "pid": 123, "pids": [123, 124],
          "restarts": 2, "uptime": 55.1, "port": 8001, "start": "boot", "reason": "...",
@@ -71,6 +73,12 @@ class ControlBackend(Protocol):
         """Re-read the config dir. Returns ``{"result": one of RELOAD_RESULTS,
         "errors": [str], "changes": {"restarted": [...], "started": [...],
         "stopped": [...], "updated": [...]}}``. ``dry_run`` validates and diffs only."""
+        ...
+
+    async def upgrade(self) -> dict[str, Any]:
+        """Re-execute the daemon in place once the installed code is known to start; returns
+        ``{"from": old version, "to": new version, "pid", "generation"}`` before the exec.
+        Raises UpgradeError (new code cannot start, or an upgrade is under way)."""
         ...
 
     def log_tail(self, name: str, lines: int, since: float | None) -> list[LogLine]:

@@ -35,6 +35,7 @@ from ..errors import (
     ServiceError,
     StartFailedError,
     UnknownServiceError,
+    UpgradeError,
 )
 from .address import default_control_address, parse_address, read_token, untrusted_socket_dir
 from .backend import LogLine
@@ -108,6 +109,8 @@ def api_error(status: int, body: bytes) -> Exception:
         return failed[kind](*args, str(err.get("cause", "unknown")), str(err.get("hint", "")))
     if kind == "service_error":
         return ServiceError(message)
+    if kind == "upgrade_failed":
+        return UpgradeError(message)
     return ControlError(message)
 
 
@@ -202,6 +205,9 @@ class ControlClient:
     def reload(self, wait: bool = False, dry_run: bool = False) -> dict[str, Any]:
         params = {"wait": 1 if wait else None, "dry_run": 1 if dry_run else None}
         return self._json("POST", "/v1/reload", **params)
+
+    def upgrade(self) -> dict[str, Any]:
+        return self._json("POST", "/v1/upgrade")
 
     def log_tail(self, name: str, lines: int | str, since: float | None) -> list[LogLine]:
         path = f"/v1/services/{quote(name, safe='')}/logs"

@@ -32,6 +32,8 @@ Families (``service`` = service name, ``gpu`` = GPU index; no PIDs or request id
 - ``llm_supervisor_config_last_reload_success_timestamp_seconds`` last applied/unchanged reload.
 - ``llm_supervisor_config_last_reload_successful`` 0 while the config on disk is rejected.
 - ``llm_supervisor_orphans_killed_total`` processes of a previous daemon killed at start.
+- ``llm_supervisor_engines_adopted_total`` running engines of a previous daemon (crashed, or
+  this one before an upgrade) taken over at start, without a restart.
 - ``llm_supervisor_keepalive_rewrites_total{model,rule}`` client keep_alive values the policy
   replaced, by model and the rule that applied.
 - ``llm_supervisor_ollama_models_loaded{service}`` models an Ollama service holds in memory.
@@ -240,7 +242,11 @@ def daemon_metrics(status: dict[str, Any]) -> list[Metric]:
                            ["task"])  # fmt: skip
     for task, count in sorted((daemon.get("task_errors") or {}).items()):
         task_errors.add_metric([str(task)], float(count or 0))
-    return [build, started, orphans, task_errors]
+    adopted = _counter(
+        "engines_adopted", "Running engines of a previous daemon taken over at start."
+    )
+    adopted.add_metric([], float(daemon.get("engines_adopted") or 0))
+    return [build, started, orphans, task_errors, adopted]
 
 
 class StatusCollector(Collector):

@@ -121,8 +121,13 @@ class ControlServer:
             return sock
         return bind_tcp(self._host, int(self._where))
 
-    async def start(self) -> None:
-        sock = self._bind()
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Serve on ``sock`` (owned by the caller, who also removes its file), else bind.
+
+        A given socket is served through a duplicate: shutting down stops accepting and
+        leaves the caller's socket listening (an upgrade in place hands it to the next
+        program)."""
+        sock = sock.dup() if sock is not None else self._bind()
         app = create_app(
             self._backend, token=self._token, closing=self._closing, collectors=self._collectors
         )
@@ -137,7 +142,8 @@ class ControlServer:
         )
         await runner.setup()
         try:
-            await web.SockSite(runner, sock).start()
+            # A large backlog: connections wait there while an upgrade execs the daemon.
+            await web.SockSite(runner, sock, backlog=1024).start()
         except BaseException:
             sock.close()
             await runner.cleanup()
@@ -173,13 +179,14 @@ async def serve_control(
     socket_group: str | None = None,
     started: asyncio.Event | None = None,
     collectors: Sequence[Collector] = (),
+    sock: socket.socket | None = None,
 ) -> None:
     """Serve until cancelled (run it as a task; cancel it to stop). Raises ControlError /
     ControlAddressError before ``started`` is set when the address cannot be served."""
     server = ControlServer(
         backend, address, token_file=token_file, socket_group=socket_group, collectors=collectors
     )
-    await server.start()
+    await server.start(sock)
     if started is not None:
         started.set()
     try:

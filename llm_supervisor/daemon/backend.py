@@ -30,12 +30,14 @@ class DaemonBackend:
         placement: Placement,
         reloader: Reloader,
         report: StatusReport,
+        upgrade: Callable[[], Awaitable[dict[str, Any]]],
         pins_loaded: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self._manager = manager
         self._placement = placement
         self._reloader = reloader
         self._report = report
+        self._upgrade = upgrade
         # The gateway's PinReconciler.wait_loaded; None without a gateway (no pins then).
         self._pins_loaded_hook = pins_loaded
 
@@ -70,6 +72,9 @@ class DaemonBackend:
         if not wait:
             return {"result": "queued", "errors": [], "changes": {}}
         return await asyncio.shield(future)
+
+    async def upgrade(self) -> dict[str, Any]:
+        return await self._upgrade()
 
     def log_tail(self, name: str, lines: int, since: float | None) -> list[LogLine]:
         return self._manager.log_tail(name, lines, since)

@@ -1,4 +1,4 @@
-"""``llm-supervisor run``: wiring, signals, and one ordered shutdown.
+"""``llm-supervisor run``: wiring, signals, adoption, one ordered shutdown, in-place upgrade.
 
 Signal handlers only set flags (as uvicorn's do); the main coroutine acts on them.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import signal
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -15,11 +16,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .. import __version__
 from ..config.load import load_config
 from ..config.models import Config
 from ..config.offload import load_config_off_loop
 from ..control.server import serve_control
-from ..errors import ConfigIssue, SupervisorError
+from ..errors import ConfigIssue, SupervisorError, UpgradeError
 from ..gateway.app import Gateway
 from ..gateway.limits import GatewayLimits, default_max_connections
 from ..gateway.relief import relieve
@@ -40,9 +42,11 @@ from ..service.starts import StartHistory
 from ..service.states import State
 from . import lastresort
 from .backend import DaemonBackend, GatewayServices
+from .listeners import Listeners, take_inherited
 from .rlimits import NofileLimits, raise_nofile
 from .sdnotify import SystemdNotifier, watchdog_loop
 from .status import DaemonFacts, StatusReport, summary_line
+from .upgrade import PRECHECK_TIMEOUT, Handover, exec_self, precheck
 
 log = get_logger(__name__)
 
@@ -63,6 +67,7 @@ class DaemonOptions:
     watch: bool = True
     debounce_ms: int = 50
     gpu_interval: float = 5.0
+    upgrade_timeout: float = PRECHECK_TIMEOUT
     # max_connections None: a share of the descriptor limit (default_max_connections)
     gateway_limits: GatewayLimits = field(default_factory=GatewayLimits)
 
@@ -79,7 +84,22 @@ class Daemon:
         self.notifier = SystemdNotifier()
         self.placement = Placement(GpuMonitor(make_backend()), self._placement_hooks())
         self.registry = GroupRegistry(options.state_dir)
-        self.facts = DaemonFacts(options.config_dir, options.gateway)
+        # Set by a previous program of this PID that re-executed itself (an upgrade).
+        self.handover = Handover.take(os.environ)
+        self.listeners = Listeners(take_inherited(os.environ))
+        self.upgrading_to: str | None = None
+        self._upgrade_check: asyncio.Task[str] | None = None
+        self._upgrade_task: asyncio.Future[None] | None = None
+        self._held: list[str] = []  # boot services down on purpose, kept down by an upgrade
+        self.facts = DaemonFacts(
+            options.config_dir, options.gateway, generation=self.handover.generation,
+            previous_version=self.handover.previous_version,
+        )  # fmt: skip
+        if self.handover.started_at and self.handover.started_monotonic:  # the same daemon
+            self.facts = replace(
+                self.facts, started_at=self.handover.started_at,
+                started_monotonic=self.handover.started_monotonic,
+            )  # fmt: skip
         self.gateway: Gateway | None = None
         self.reloader: Reloader | None = None
         self._stop = asyncio.Event()
@@ -125,6 +145,17 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_stop_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+        loop.add_signal_handler(signal.SIGUSR2, self._on_usr2)
+
+    def _on_usr2(self) -> None:
+        log.info("upgrade.triggered", trigger="SIGUSR2")
+        self._upgrade_task = asyncio.ensure_future(self._upgrade_logged())
+
+    async def _upgrade_logged(self) -> None:
+        try:
+            await self.request_upgrade()
+        except UpgradeError as exc:
+            log.error("upgrade.refused", error=str(exc))
 
     # -- run ---------------------------------------------------------------------------
 
@@ -134,26 +165,68 @@ class Daemon:
         await self.placement.refresh()
         config = self.load()  # ConfigError propagates: nothing has been started yet
         self.registry.acquire()  # before the sweep: another live daemon's engines are no orphans
-        killed = await self.registry.kill_orphans()
-        self.facts = replace(self.facts, orphans_killed=len(killed))
-        if killed:
-            log.warning("daemon.orphans_killed", pids=killed)
+        self._bind_listeners()
         self._build(config)
         try:
+            await self._adopt()
             async with asyncio.TaskGroup() as group:
                 await self._start(group)
                 await self._stop.wait()
-                await self._shutdown()
+                await (self._detach() if self.upgrading_to else self._shutdown())
         except BaseExceptionGroup as errors:
             # A listener that could not start (socket taken) is an operator error: surface
             # it as itself so cli.py prints one line instead of a group traceback.
             raise _first_supervisor_error(errors) or errors from None
         finally:
-            await self._backstop()
+            if self.upgrading_to is None:
+                await self._backstop()
+            else:
+                await self._release()
             self.registry.release()
             self._disarm()
+        if self.upgrading_to is not None:
+            log.info("daemon.exec", version=__version__, to=self.upgrading_to)
+            self.listeners.hand_over(os.environ)
+            started = (self.facts.started_at, self.facts.started_monotonic)
+            try:
+                exec_self(os.environ, self.handover, started, self._held)
+            except OSError as exc:  # the engines run on; a restarted daemon adopts them
+                log.error("daemon.exec_failed", error=str(exc))
+                return 1
+        self.listeners.close()
         log.info("daemon.stopped")
         return 0
+
+    def _bind_listeners(self) -> None:
+        """Bind (or take over from the previous program) before any engine is touched."""
+        self.listeners.control(self.options.control, self.options.socket_group)
+        if self.options.gateway is not None:
+            self.listeners.gateway(*self.options.gateway)
+
+    def _set_facts(self, **changes: Any) -> None:
+        self.facts = replace(self.facts, **changes)
+        self.report.facts = self.facts
+
+    async def _adopt(self) -> None:
+        """Adopt the previous daemon's engines that match the config; kill everything else."""
+        records = {str(r.get("service")): r for r in self.registry.records()}
+        keep = []
+        for name, record in records.items():
+            service = self.manager.services.get(name)
+            why = "no such service" if service is None else service.adoptable(record)
+            if why is None:
+                keep.append(name)
+            else:
+                log.info("adopt.skipped", service=name, pid=record.get("pid"), reason=why)
+        killed = await self.registry.kill_orphans(keep=keep)
+        if killed:
+            log.warning("daemon.orphans_killed", pids=killed)
+        adopted = [n for n in keep if await self.manager.services[n].adopt(records[n])]
+        if len(adopted) < len(keep):  # died meanwhile: its leftovers (EngineCore…) go now
+            killed += await self.registry.kill_orphans(keep=adopted)
+        self._set_facts(orphans_killed=len(killed), engines_adopted=len(adopted))
+        if records:
+            log.info("daemon.adopted", services=sorted(adopted), killed=len(killed))
 
     def _build(self, config: Config) -> None:
         self.manager = Manager(
@@ -177,7 +250,7 @@ class Daemon:
             self.facts, self.manager, self.placement, self.gateway, self.reloader, self._health
         )
         self.backend = DaemonBackend(
-            self.manager, self.placement, self.reloader, self.report,
+            self.manager, self.placement, self.reloader, self.report, self.request_upgrade,
             pins_loaded=self.gateway.pins.wait_loaded if self.gateway else None,
         )  # fmt: skip
 
@@ -226,11 +299,13 @@ class Daemon:
             self.backend, self.options.control, token_file=self.options.token_file,
             socket_group=self.options.socket_group, started=control_up,
             collectors=[self.gateway.stats.collector()] if self.gateway else (),
+            sock=self.listeners.sockets["control"],
         ))  # fmt: skip
         waits = [control_up.wait()]
         if self.gateway is not None and self.options.gateway is not None:
             host, port = self.options.gateway
-            self._spawn(group, "gateway", self.gateway.serve(host, port, gateway_up))
+            sock = self.listeners.sockets["gateway"]
+            self._spawn(group, "gateway", self.gateway.serve(host, port, gateway_up, sock=sock))
             waits.append(gateway_up.wait())
         await self._started(waits)
         reloader = self.reloader
@@ -243,8 +318,12 @@ class Daemon:
             ))  # fmt: skip
         self._guarded(group, "gpu", lambda: self.placement.run(self.options.gpu_interval))
         self._guarded(group, "status", self._status_loop)
-        await self.manager.start_boot_services()
+        await self.manager.start_boot_services(held=self.handover.held)
         self.notifier.ready(status=summary_line(self.manager))
+        self._set_facts(ready=True)
+        if self.handover.generation:
+            log.info("daemon.upgraded", old=self.handover.previous_version, new=__version__,
+                     generation=self.handover.generation, pid=os.getpid())  # fmt: skip
         # WATCHDOG=1 is sent from this event loop, and only while every supervision task
         # runs: a blocked loop or a dead supervisor both end the pings, and systemd acts.
         self._spawn(group, "watchdog", watchdog_loop(
@@ -315,6 +394,50 @@ class Daemon:
         # 5. Control API last, so `status` works while the services stop.
         for name in ("gpu", "status", "watchdog", "control"):
             await self._cancel(name)
+
+    # -- in-place upgrade --------------------------------------------------------------
+
+    async def request_upgrade(self) -> dict[str, Any]:
+        """Check that the installed code starts, then re-execute into it (after answering)."""
+        if self.upgrading_to is not None or self._stop.is_set():
+            raise UpgradeError("an upgrade or a shutdown is already under way")
+        unwritable = self.registry.writable()
+        if unwritable is not None:
+            raise UpgradeError(
+                f"cannot record the engines in the state dir ({unwritable}): the new program "
+                "could not adopt them; the running daemon is unchanged"
+            )
+        if self._upgrade_check is None or self._upgrade_check.done():
+            self._upgrade_check = asyncio.create_task(
+                precheck(self.options.config_dir, self.options.upgrade_timeout)
+            )
+        version = await asyncio.shield(self._upgrade_check)  # concurrent requests share one
+        if self.upgrading_to is None and not self._stop.is_set():
+            self.upgrading_to = version
+            log.info("daemon.upgrading", old=__version__, new=version)
+            self._stop.set()
+        return {"from": __version__, "to": version, "pid": os.getpid(),
+                "generation": self.handover.generation}  # fmt: skip
+
+    async def _detach(self) -> None:
+        """Before exec: stop serving and supervising; every engine keeps running."""
+        self._set_facts(ready=False)
+        self.notifier.reloading(status=f"upgrading to {self.upgrading_to}")
+        for name in ("watcher", "reloader"):
+            await self._cancel(name)
+        if self.reloader is not None:
+            await self.reloader.close()
+        # Stops accepting (the socket stays open: connections wait in its backlog) and lets
+        # open requests finish.
+        await self._cancel("gateway")
+        self._held = self.manager.held()
+        await self.manager.detach_all()
+        for name in ("gpu", "status", "watchdog", "control"):
+            await self._cancel(name)
+
+    async def _release(self) -> None:
+        await self.manager.aclose()
+        self.placement.monitor.close()
 
     async def _cancel(self, name: str) -> None:
         task = self._tasks.get(name)

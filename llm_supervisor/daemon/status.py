@@ -26,6 +26,10 @@ class DaemonFacts:
     config_dir: Path
     gateway: tuple[str, int] | None  # as configured; the bound port comes from the gateway
     orphans_killed: int = 0  # by the sweep at start (status and metrics)
+    engines_adopted: int = 0  # running engines of a previous daemon taken over at start
+    ready: bool = False  # READY=1 sent: adoptions done, boot services launched
+    generation: int = 0  # upgrades in place this PID has been through
+    previous_version: str | None = None  # before the last upgrade
     pid: int = field(default_factory=os.getpid)
     started_at: float = field(default_factory=time.time)
     started_monotonic: float = field(default_factory=time.monotonic)
@@ -80,6 +84,10 @@ class StatusReport:
                 "uptime": time.monotonic() - self.facts.started_monotonic,
                 "started_at": self.facts.started_at,
                 "orphans_killed": self.facts.orphans_killed,
+                "engines_adopted": self.facts.engines_adopted,
+                "ready": self.facts.ready,
+                "generation": self.facts.generation,
+                "previous_version": self.facts.previous_version,
                 "config_dir": str(self.facts.config_dir),
                 "gateway": self.gateway_address(),
                 **self._health(),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -51,6 +52,8 @@ log = get_logger(__name__)
 FALLBACK_HEADER = "X-LLM-Supervisor-Fallback"
 
 GRACEFUL_SHUTDOWN = 5.0  # open streams get this long to finish when the gateway stops
+ACCEPTED_GRACE = 0.1  # seconds for just-accepted connections to send their request
+BACKLOG = 1024  # create_server calls listen() again: keep room for clients during an upgrade
 
 
 class Gateway:
@@ -317,9 +320,20 @@ class Gateway:
             group.create_task(crash_only("gateway.idle", self.idle.run, self.task_errors))
 
     async def serve(
-        self, host: str, port: int, ready_event: asyncio.Event | None = None, loops: bool = True
+        self,
+        host: str,
+        port: int,
+        ready_event: asyncio.Event | None = None,
+        loops: bool = True,
+        sock: socket.socket | None = None,
     ) -> None:
-        """Serve until cancelled; then finish gracefully (open streams get 5 s)."""
+        """Serve until cancelled; then finish gracefully (open streams get 5 s).
+
+        With ``sock`` (bound by the daemon) the server accepts on a duplicate: stopping it
+        stops accepting but leaves the socket listening, for an upgrade in place.
+        """
+        # handler_cancellation: a client that hangs up cancels its handler, and with it the
+        # engine request (the rule "client gone → upstream cancelled").
         self.loopback = is_loopback_bind(host)
         if not self.loopback and self.backend.config().gateway_keys is None:
             log.warning(
@@ -342,7 +356,10 @@ class Gateway:
         await runner.setup()
         loop_task = asyncio.create_task(self.run_loops()) if loops else None
         try:
-            await web.TCPSite(runner, host, port).start()
+            if sock is not None:
+                await web.SockSite(runner, sock.dup(), backlog=BACKLOG).start()
+            else:
+                await web.TCPSite(runner, host, port).start()
             self.port = runner.addresses[0][1]
             if ready_event is not None:
                 ready_event.set()
@@ -350,6 +367,11 @@ class Gateway:
         finally:
             # Ordered: stop accepting and let open requests finish (bounded), then stop the
             # loops that may still talk to engines, then close the engine connections.
+            for site in list(runner.sites):
+                await site.stop()
+            # A client accepted a moment ago may not have sent its request yet; aiohttp
+            # would close its connection as idle (a failed request during an upgrade).
+            await asyncio.sleep(ACCEPTED_GRACE)
             await runner.cleanup()
             if loop_task is not None:
                 loop_task.cancel()

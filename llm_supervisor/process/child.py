@@ -1,4 +1,9 @@
-"""ChildProcess: one spawned engine, its process group, its output, and the stop ladder."""
+"""ChildProcess: one engine, its process group, its output, and the stop ladder.
+
+An engine is either spawned by this daemon or adopted from a previous one (after a crash or
+an upgrade): adopted engines are found by pid and start time, and their exit is seen through
+a pidfd, since only a parent can wait for a process.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from pathlib import Path
 
 from ..errors import StartFailedError
 from ..logsetup import get_logger
+from .logfollow import LogFollower, open_spool
 from .output import OutputRing, RotatingFile, pump
 from .tree import (
     MARKER_ENV,
@@ -32,6 +38,8 @@ REAP_TIMEOUT = 5.0  # after SIGKILL, how long we wait for the kernel to take pro
 
 @dataclass(frozen=True)
 class ExitStatus:
+    """How the engine ended; both None when nobody could know (an adopted non-child)."""
+
     code: int | None
     signal: int | None
 
@@ -44,7 +52,12 @@ class ExitStatus:
     def describe(self) -> str:
         if self.signal is not None:
             return f"killed by {signal.Signals(self.signal).name}"
+        if self.code is None:
+            return "exited (exit code unknown: adopted from a previous daemon, not our child)"
         return f"exited with code {self.code}"
+
+
+UNKNOWN_EXIT = ExitStatus(None, None)
 
 
 def _resolve(program: str, env: Mapping[str, str]) -> str | None:
@@ -63,7 +76,7 @@ class _ExitProtocol(asyncio.subprocess.SubprocessStreamProtocol):
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(limit=2**16, loop=loop)
-        self.exited: asyncio.Future[int] = loop.create_future()
+        self.exited: asyncio.Future[ExitStatus] = loop.create_future()
 
     def process_exited(self) -> None:
         # Read the code first: the parent class drops its transport once all pipes closed.
@@ -71,28 +84,60 @@ class _ExitProtocol(asyncio.subprocess.SubprocessStreamProtocol):
         code = transport.get_returncode() if transport is not None else None
         super().process_exited()
         if not self.exited.done():
-            self.exited.set_result(code if code is not None else -1)
+            self.exited.set_result(
+                ExitStatus.from_returncode(code) if code is not None else UNKNOWN_EXIT
+            )
+
+
+def watch_exit(pid: int, pidfd: int) -> asyncio.Future[ExitStatus]:
+    """A future resolved when ``pid`` exits, from a pidfd (Linux >= 5.3) on the event loop.
+
+    After an upgrade (exec in place) the engines are still our children: they are reaped here
+    and their exit code is known. After a crash they belong to init: the code is unknown.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[ExitStatus] = loop.create_future()
+
+    def readable() -> None:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+        status = UNKNOWN_EXIT
+        with contextlib.suppress(ChildProcessError):
+            reaped, raw = os.waitpid(pid, os.WNOHANG)
+            if reaped == pid:
+                status = ExitStatus.from_returncode(os.waitstatus_to_exitcode(raw))
+        if not future.done():
+            future.set_result(status)
+
+    loop.add_reader(pidfd, readable)
+    return future
 
 
 class ChildProcess:
     """Owns one engine process tree from spawn until every process of it is gone."""
 
     def __init__(
-        self, proc: asyncio.subprocess.Process, exited: asyncio.Future[int], marker: str, name: str
+        self,
+        pid: int,
+        exited: asyncio.Future[ExitStatus],
+        marker: str,
+        name: str,
+        known: set[ProcRef] | None = None,
     ) -> None:
-        self.proc = proc
-        self.pid = proc.pid
-        self.pgid = proc.pid  # start_new_session makes the child its group leader
+        self.pid = pid
+        self.pgid = pid  # start_new_session makes the child its group leader
         self.marker = marker
         self.name = name
         self.started_at = time.monotonic()
-        self.known: set[ProcRef] = snapshot_tree(proc.pid)
+        self.known: set[ProcRef] = snapshot_tree(pid) | (known or set())
         # Our own record of the engine process; its start time tells this pid from a
         # recycled one in the state-dir record.
-        self._root = next((ref for ref in self.known if ref.pid == proc.pid), None)
+        self._root = next((ref for ref in self.known if ref.pid == pid), None)
         self.create_time = self._root.create_time if self._root is not None else time.time()
         self._exit = exited
         self._pump: asyncio.Task[None] | None = None
+        self.follower: LogFollower | None = None
+        self.spool: Path | None = None
         # Told when new descendants appear (the daemon persists them for the orphan sweep).
         self.on_tree_grew: Callable[[ChildProcess], None] | None = None
 
@@ -106,29 +151,32 @@ class ChildProcess:
         marker: str,
         ring: OutputRing,
         sink: RotatingFile | None,
+        spool: Path | None,
         cwd: Path | None = None,
-        parent_death_signal: bool = True,
     ) -> ChildProcess:
+        """Start ``argv`` in its own session. With ``spool`` the engine writes to that file
+        (O_APPEND), so its output outlives this daemon, and the daemon drains it into
+        ``ring`` and ``sink`` (logfollow.py); without, to a pipe.
+
+        No parent-death signal: engines must outlive a crashed or re-executed daemon, which
+        adopts them (the next daemon kills the ones it cannot adopt).
+        """
         full_env = {**env, MARKER_ENV: marker}
         if _resolve(argv[0], full_env) is None:
-            # Checked here because behind setpriv a missing engine is only an exit code 127.
             raise StartFailedError(
                 name, f"cannot execute {argv[0]!r}: not found or not executable",
                 cause="executable_missing",
                 hint="check the service's 'command:' (is the engine installed in that venv?)",
             )  # fmt: skip
-        command = list(argv)
-        setpriv = shutil.which("setpriv") if parent_death_signal else None
-        if setpriv:
-            # If the daemon dies unsupervised, the kernel sends SIGTERM to the engine.
-            command = [setpriv, "--pdeathsig", "TERM", "--", *command]
         loop = asyncio.get_running_loop()
+        opened = open_spool(spool) if spool is not None else None
+        out, start = opened if opened is not None else (None, 0)
         try:
             transport, protocol = await loop.subprocess_exec(
                 lambda: _ExitProtocol(loop),
-                *command,
+                *argv,
                 stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
+                stdout=out if out is not None else asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 env=full_env,
                 cwd=cwd,
@@ -139,28 +187,71 @@ class ChildProcess:
                 name, f"cannot execute {argv[0]!r}: {exc.strerror}", cause="executable_missing",
                 hint="check the service's 'command:' (is the engine installed in that venv?)",
             ) from None  # fmt: skip
+        finally:
+            if out is not None:
+                os.close(out)  # the engine holds it now
         proc = asyncio.subprocess.Process(transport, protocol, loop)
-        child = cls(proc, protocol.exited, marker, name)
-        assert proc.stdout is not None
-        child._pump = asyncio.ensure_future(pump(proc.stdout, ring, sink))
+        child = cls(proc.pid, protocol.exited, marker, name)
+        if spool is not None and out is not None:
+            child.follow(spool, ring, sink, start)
+        else:
+            assert proc.stdout is not None
+            child._pump = asyncio.ensure_future(pump(proc.stdout, ring, sink))
         return child
+
+    def follow(self, spool: Path, ring: OutputRing, sink: RotatingFile | None, offset: int) -> None:
+        """Drain the engine's spool from ``offset`` into ``ring`` and ``sink``."""
+        self.spool = spool
+        self.follower = LogFollower(spool, ring, sink)
+        self.follower.start(offset)
+
+    @property
+    def spool_offset(self) -> int:
+        """How far the spool has been read (what a successor resumes from)."""
+        return self.follower.offset if self.follower is not None else 0
+
+    @classmethod
+    def adopt(
+        cls, name: str, root: ProcRef, *, marker: str, known: set[ProcRef]
+    ) -> ChildProcess | None:
+        """Take over an engine a previous daemon started; None if it is gone (or recycled)."""
+        try:
+            pidfd = os.pidfd_open(root.pid)
+        except ProcessLookupError:
+            return None
+        if root.alive() is None:  # checked after the pidfd: the pid cannot be reused between
+            os.close(pidfd)
+            return None
+        return cls(root.pid, watch_exit(root.pid, pidfd), marker, name, known)
 
     # -- observation -------------------------------------------------------------------
 
     @property
-    def returncode(self) -> int | None:
-        return self._exit.result() if self._exit.done() else None
+    def running(self) -> bool:
+        """True until the main process has exited (descendants may live on)."""
+        return not self._exit.done()
 
     async def wait(self) -> ExitStatus:
         """Wait for the main process to exit (not for its descendants)."""
-        return ExitStatus.from_returncode(await asyncio.shield(self._exit))
+        return await asyncio.shield(self._exit)
 
-    def exited(self) -> asyncio.Future[int]:
+    def exited(self) -> asyncio.Future[ExitStatus]:
         return self._exit
+
+    async def drain_output(self) -> None:
+        """Read what the engine wrote so far (for a diagnosis right after its exit)."""
+        if self.follower is not None:
+            await self.follower.drain()
+
+    async def detach(self) -> int:
+        """Stop following the output without touching the engine; the offset read so far."""
+        if self.follower is None:
+            return 0
+        return await self.follower.stop()
 
     def remember_tree(self) -> set[ProcRef]:
         """Add the current descendants to what we know, so escapees can be found later."""
-        if self.returncode is None:
+        if self.running:
             before = len(self.known)
             # Our unreaped child: its pid is not recycled, so its record is reused.
             self.known |= snapshot_tree(self.pid, root=self._root)
@@ -198,6 +289,7 @@ class ChildProcess:
         if self._pump is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._pump), 1.0)
+        await self.detach()
         return status
 
     async def _escapees(self) -> set[ProcRef]:
@@ -221,7 +313,7 @@ class ChildProcess:
         delay = 0.005
         while True:
             if (
-                self.returncode is not None
+                not self.running
                 and not group_alive(self.pgid)
                 and all(r.alive() is None for r in others)
             ):

@@ -101,23 +101,23 @@ async def pump(
         if sink is not None:
             sink.write(chunk)
         pending += chunk
-        pending = _emit_lines(pending, ring, name)
+        pending = emit_lines(pending, ring, name)
     if pending:
-        ring.append(LogLine(time.time(), name, _decode(pending)))
+        ring.append(LogLine(time.time(), name, decode(pending)))
 
 
-def _emit_lines(buffer: bytes, ring: OutputRing, name: str) -> bytes:
+def emit_lines(buffer: bytes, ring: OutputRing, name: str) -> bytes:
     """Append every complete line in ``buffer`` and return the unfinished rest."""
     *complete, rest = _LINE_END.split(buffer)
     now = time.time()
     for part in complete:
         if part:  # "\r\n" and repeated "\r" leave empty pieces
-            ring.append(LogLine(now, name, _decode(part)))
+            ring.append(LogLine(now, name, decode(part)))
     if len(rest) > MAX_LINE:  # a giant line: keep its head, drop the rest of this chunk
-        ring.append(LogLine(now, name, _decode(rest) + " …[cut]"))
+        ring.append(LogLine(now, name, decode(rest) + " …[cut]"))
         return b""
     return rest
 
 
-def _decode(data: bytes) -> str:
+def decode(data: bytes) -> str:
     return data[:MAX_LINE].decode("utf-8", errors="replace")

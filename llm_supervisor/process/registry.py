@@ -1,8 +1,11 @@
-"""The state-dir record of live process groups, and the orphan sweep at daemon start.
+"""The state-dir record of live engines, and the sweep at daemon start.
 
-If the daemon dies without stopping its engines (SIGKILL, OOM killer), the next daemon must
-kill what the previous one left before it starts anything: otherwise two copies of a model
-fight for the same GPU memory and port.
+If the daemon dies without stopping its engines (SIGKILL, OOM killer) or re-executes itself
+(upgrade), the next daemon adopts every engine whose record still matches the config (no
+model reload) and kills what it cannot adopt before it starts anything: otherwise two copies
+of a model fight for the same GPU memory and port. A record holds what adoption needs: the
+engine's pid and start time, its tree, a fingerprint of its argv/env/port, how far its
+output spool was read, since when it was ready and its restart counts.
 """
 
 from __future__ import annotations
@@ -13,12 +16,12 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
 from ..errors import StateDirBusyError
 from ..logsetup import get_logger
-from .tree import MARKER_ENV, ProcRef, find_marked_async, kill_refs, killpg
+from .tree import MARKER_ENV, ProcRef, find_owners_async, kill_refs, killpg
 
 log = get_logger(__name__)
 
@@ -75,18 +78,39 @@ class GroupRegistry:
         return f"{self.state_dir}::"
 
     def record(
-        self, service: str, pid: int, create_time: float, tree: Iterable[ProcRef] = ()
+        self,
+        service: str,
+        pid: int,
+        create_time: float,
+        tree: Iterable[ProcRef] = (),
+        **identity: object,
     ) -> None:
         """Remember a live group and every process seen in its tree (with start times).
 
         The tree matters for processes that rewrite their environment (vLLM's EngineCore and
         Worker via setproctitle), where the marker cannot find them after a daemon crash.
+        ``identity`` (fingerprint, log offset, ready_since, …) is what adoption compares.
         """
         payload = {
             "service": service, "pid": pid, "pgid": pid, "create_time": create_time,
-            "tree": sorted([ref.pid, ref.create_time] for ref in tree),
+            "tree": sorted([ref.pid, ref.create_time] for ref in tree), **identity,
         }  # fmt: skip
         self._write(self.dir / f"{service}.json", json.dumps(payload))
+
+    def writable(self) -> str | None:
+        """None if records can be written now, else why not (an upgrade needs them: without
+        them the next program would take its own engines for orphans)."""
+        probe = self.dir / ".probe"
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            with probe.open("w") as fh:
+                fh.write("probe")
+                fh.flush()
+                os.fsync(fh.fileno())
+            probe.unlink()
+        except OSError as exc:
+            return f"{self.dir}: {exc.strerror or exc}"
+        return None
 
     def forget(self, service: str) -> None:
         try:
@@ -106,11 +130,20 @@ class GroupRegistry:
         return found
 
     def _write(self, path: Path, text: str) -> None:
+        """tmp + fsync + rename + fsync of the dir: a crash leaves the old or the new record."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(text)
+            with tmp.open("w") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
             tmp.replace(path)
+            dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
         except OSError as exc:
             self._warn(exc)
 
@@ -121,16 +154,21 @@ class GroupRegistry:
             log.error("state.write_failed", dir=str(self.dir), error=str(exc))
         self._warned = True
 
-    async def kill_orphans(self, timeout: float = 10.0) -> list[int]:
-        """Kill every process a previous daemon on this state dir left behind."""
-        victims = await find_marked_async(self.marker_prefix, prefix=True, timeout=30.0)
+    async def kill_orphans(self, timeout: float = 10.0, keep: Collection[str] = ()) -> list[int]:
+        """Kill every process a previous daemon on this state dir left behind, except the
+        trees of the services in ``keep`` (adopted: their records stay)."""
+        owners = await find_owners_async(self.marker_prefix, prefix=True, timeout=30.0)
+        spared = {self.marker(name) for name in keep}
+        victims = {ref for ref, owner in owners.items() if owner not in spared}
         groups = []
         for rec in self.records():
+            if rec.get("service") in keep:
+                continue
             ref = ProcRef(int(str(rec["pid"])), float(str(rec["create_time"])))
             if ref.alive() is not None:
                 groups.append(int(str(rec["pgid"])))
                 victims.add(ref)
-            victims |= _recorded_tree(rec)
+            victims |= recorded_tree(rec)
         # Decide who is a victim before killing anyone: after killpg a group's members are
         # zombies, and kill_refs would skip (and we would not log) them.
         killed = [ref for ref in victims if ref.alive() is not None]
@@ -143,11 +181,20 @@ class GroupRegistry:
         while any(r.alive() for r in killed) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)  # not our children: nothing to wait on but polling
         for rec in self.records():
-            self.forget(str(rec["service"]))
+            if rec.get("service") not in keep:
+                self.forget(str(rec["service"]))
         return sorted(r.pid for r in killed)
 
 
-def _recorded_tree(rec: dict[str, object]) -> set[ProcRef]:
+def recorded_root(rec: dict[str, object]) -> ProcRef | None:
+    """The engine process a record names, if the record is readable."""
+    try:
+        return ProcRef(int(str(rec["pid"])), float(str(rec["create_time"])))
+    except (KeyError, ValueError):
+        return None
+
+
+def recorded_tree(rec: dict[str, object]) -> set[ProcRef]:
     """The tree members a record names that still run (same pid and start time)."""
     refs = set()
     for item in rec.get("tree") or []:  # type: ignore[attr-defined]

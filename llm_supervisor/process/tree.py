@@ -101,13 +101,18 @@ def _descendants(pid: int) -> list[int]:
 
 
 def find_marked(marker: str, *, prefix: bool = False) -> set[ProcRef]:
-    """Every process whose environment carries ``MARKER_ENV=marker`` (or starts with it).
+    """Every process whose environment carries ``MARKER_ENV=marker`` (or starts with it)."""
+    return set(find_owners(marker, prefix=prefix))
+
+
+def find_owners(marker: str, *, prefix: bool = False) -> dict[ProcRef, str]:
+    """Like ``find_marked``, with each process's full marker value (whose engine it is).
 
     Reads /proc/PID/environ as bytes: every stop scans the whole process table, and with
     psutil's parsed environ() 64 services stopping at once kept the daemon busy for ~2 s.
     """
     needle = f"\0{MARKER_ENV}={marker}".encode()
-    found = set()
+    found: dict[ProcRef, str] = {}
     me = os.getpid()
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) == me:
@@ -121,8 +126,9 @@ def find_marked(marker: str, *, prefix: bool = False) -> set[ProcRef]:
         end = at + len(needle)
         if at < 0 or not (prefix or end == len(data) or data[end] == 0):
             continue
+        value = data[at + len(MARKER_ENV) + 2 :].split(b"\0", 1)[0]  # after "\0NAME="
         try:
-            found.add(ProcRef.of(psutil.Process(int(name))))
+            found[ProcRef.of(psutil.Process(int(name)))] = value.decode(errors="replace")
         except psutil.Error:
             continue
     return found
@@ -134,33 +140,40 @@ SCAN_TIMEOUT = 5.0
 async def find_marked_async(
     marker: str, *, prefix: bool = False, timeout: float = SCAN_TIMEOUT
 ) -> set[ProcRef]:
-    """``find_marked`` in a daemon thread, bounded by ``timeout``.
+    """``find_marked`` off the event loop (see ``find_owners_async``)."""
+    return set(await find_owners_async(marker, prefix=prefix, timeout=timeout))
+
+
+async def find_owners_async(
+    marker: str, *, prefix: bool = False, timeout: float = SCAN_TIMEOUT
+) -> dict[ProcRef, str]:
+    """``find_owners`` in a daemon thread, bounded by ``timeout``.
 
     Opening /proc/PID/environ takes the target's exec lock; a process stuck in exec (or
     in the kernel) can hold it for a long time, and the event loop must not wait on that.
     An empty answer after the timeout only weakens the sweep: groups and snapshots remain.
     """
     loop = asyncio.get_running_loop()
-    future: asyncio.Future[set[ProcRef]] = loop.create_future()
+    future: asyncio.Future[dict[ProcRef, str]] = loop.create_future()
 
-    def deliver(result: set[ProcRef]) -> None:
+    def deliver(result: dict[ProcRef, str]) -> None:
         if not future.done():
             future.set_result(result)
 
     def work() -> None:
-        result = find_marked(marker, prefix=prefix)
+        result = find_owners(marker, prefix=prefix)
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
             loop.call_soon_threadsafe(deliver, result)
 
     if start_thread(work, "find-marked") is not None:
         # No thread to spare (pids limit): scan on the loop. A stalled loop for a moment
         # beats a stop ladder that cannot find an engine's escaped processes.
-        return find_marked(marker, prefix=prefix)
+        return find_owners(marker, prefix=prefix)
     try:
         return await asyncio.wait_for(asyncio.shield(future), timeout)
     except TimeoutError:
         log.error("scan.timeout", marker=marker, timeout=timeout)
-        return set()
+        return {}
 
 
 def kill_refs(refs: set[ProcRef], sig: int = signal.SIGKILL) -> list[ProcRef]:

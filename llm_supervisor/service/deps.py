@@ -54,7 +54,6 @@ class ServiceDeps:
     wall_clock: Callable[[], float] = time.time
     rand: Callable[[], float] = random.random
     listeners: list[StateListener] = field(default_factory=list)
-    parent_death_signal: bool = True
     ready_poll_interval: float = 0.1
     # Last start durations (the ETA shown to waiting clients); None keeps them in memory.
     start_history: StartHistory = field(default_factory=lambda: StartHistory(None))

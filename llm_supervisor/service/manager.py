@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,11 +76,21 @@ class Manager:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    async def start_boot_services(self) -> None:
-        """Launch every boot service without waiting; the gate serializes each GPU."""
+    async def start_boot_services(self, held: Collection[str] = ()) -> None:
+        """Launch every boot service without waiting; the gate serializes each GPU.
+
+        ``held``: boot services the previous program of an upgrade had stopped (operator stop,
+        fatal); an upgrade must not start them behind the operator's back."""
         for service in self.services.values():
-            if service.config.spec.start == "boot":
+            if service.config.spec.start == "boot" and service.name not in held:
                 await service.start(wait=False)
+
+    def held(self) -> list[str]:
+        """Boot services that are down on purpose (stopped or fatal), for an upgrade."""
+        return sorted(
+            name for name, s in self.services.items()
+            if s.config.spec.start == "boot" and str(s.state) in ("stopped", "fatal")
+        )  # fmt: skip
 
     async def shutdown(self, deadline: float) -> None:
         """Stop every service concurrently; whatever outlives the deadline is killed."""
@@ -99,6 +109,10 @@ class Manager:
             log.warning("shutdown.killed_leftovers", pids=sorted(r.pid for r in leftovers))
         for service in self.services.values():
             self.registry.forget(service.name)
+
+    async def detach_all(self) -> None:
+        """Stop supervising every service, leaving its engine running (before an upgrade)."""
+        await asyncio.gather(*(s.detach() for s in self.services.values()))
 
     async def add_service(self, svc: ServiceConfig) -> Service:
         service = self._add(svc)

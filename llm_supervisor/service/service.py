@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..config.models import ServiceConfig
@@ -25,9 +28,11 @@ from ..errors import PortInUseError, StartFailedError
 from ..logsetup import get_logger
 from ..process.child import ChildProcess, ExitStatus
 from ..process.environment import clean_child_env
+from ..process.logfollow import read_tail
 from ..process.logline import LogLine
 from ..process.output import OutputRing, RotatingFile
 from ..process.ports import port_owner
+from ..process.registry import recorded_root, recorded_tree
 from .backoff import decide_restart
 from .crashonly import ErrorTrack
 from .deps import ServiceDeps
@@ -66,6 +71,7 @@ class Service:
         self.last_failure: Failure | None = None
         self.last_exit_at: float | None = None
         self.ready_since: float | None = None
+        self.ready_since_wall: float | None = None  # recorded, so an adopter keeps the uptime
         self._last_request: float | None = None  # on deps.clock; see lease()
         self.health_latency: float | None = None
         self.health_failures = 0
@@ -80,6 +86,8 @@ class Service:
         self._child: ChildProcess | None = None
         self._runner: asyncio.Task[None] | None = None
         self._failure_times: list[float] = []
+        self._adopted_ready_since: object = None  # wall time the adopted engine became ready
+        self._adopting = False  # the current run resumes an engine of a previous daemon
         self._run_started = 0.0
         self._lifecycle = asyncio.Lock()
         self._leases = 0
@@ -95,7 +103,7 @@ class Service:
     @property
     def pid(self) -> int | None:
         child = self._child
-        return child.pid if child is not None and child.returncode is None else None
+        return child.pid if child is not None and child.running else None
 
     def tree_pids(self) -> list[int]:
         return self._child.tree_pids() if self._child is not None else []
@@ -161,6 +169,7 @@ class Service:
             raise InvalidTransition(old, new)
         self.state, self.reason = new, reason
         self.ready_since = self.deps.clock() if new is State.READY else None
+        self.ready_since_wall = self.deps.wall_clock() if new is State.READY else None
         if new is not old:
             self.starting_since = self.deps.clock() if new is State.STARTING else None
         log.info("service.state", service=self.name, old=str(old), new=str(new), reason=reason)
@@ -289,14 +298,18 @@ class Service:
         """A supervision task runs for this service (False when stopped or fatal)."""
         return self._runner is not None and not self._runner.done()
 
-    async def _stop_locked(self, reason: str) -> None:
+    async def _cancel_runner(self) -> None:
+        """End the supervision task (with the lifecycle lock held)."""
         runner, self._runner = self._runner, None
         if runner is not None and not runner.done():
             runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await runner
+
+    async def _stop_locked(self, reason: str) -> None:
+        await self._cancel_runner()
         child = self._child
-        if child is not None and (child.returncode is None or child.known):
+        if child is not None and (child.running or child.known):
             if self.state in (State.STARTING, State.READY):
                 self._set_state(State.STOPPING, reason)
             grace = self.config.spec.stop_timeout or self.engine.stop_timeout
@@ -333,6 +346,7 @@ class Service:
     async def _supervise_runs(self) -> None:
         while True:
             failure = await self._run_once()
+            self._adopting, self._adopted_ready_since = False, None  # later runs are our own
             self.last_failure = failure
             self.last_exit_at = self.deps.wall_clock()
             now = self.deps.clock()
@@ -380,9 +394,10 @@ class Service:
             except StartFailedError as exc:
                 return Failure("spawn", exc.reason, cause=exc.cause, hint=exc.hint)
         if failure is None:
-            await self._warm_up()
-            self._record_start()
-            self._set_state(State.READY, "ready")
+            if not self._adopting:  # an adopted engine was warmed up and timed by its starter
+                await self._warm_up()
+                self._record_start()
+            self._become_ready(child)
             failure = await self._watch(child)
             # Not serving any more: ensure_ready() must not answer "ready" during the cleanup
             # (seconds on a GPU while the memory is released), and a stop must find no READY.
@@ -400,18 +415,18 @@ class Service:
                 self.name, f"port {spec.port} is in use by {owner}", cause="port_in_use",
                 hint=f"stop {owner} or give this service another port",
             )  # fmt: skip
-        env = self._environment()
+        env = {**clean_child_env(os.environ), **self._own_env()}
         self._mask_secrets()
         self._run_started = self.deps.wall_clock()  # output after this belongs to this run
         self.spawned_at = self.deps.clock()
         child = await ChildProcess.spawn(
             self.name, self.engine.argv(self.config), env,
             marker=self.deps.registry.marker(self.name), ring=self.ring, sink=self._sink,
-            parent_death_signal=self.deps.parent_death_signal,
+            spool=self._spool_path(),
         )  # fmt: skip
         self._child = child
-        child.on_tree_grew = self._record_tree
-        self._record_tree(child)
+        child.on_tree_grew = self._record
+        self._record(child)
         argv = redact_argv(self.engine.argv(self.config))  # the engine got the real values
         log.info("service.spawned", service=self.name, pid=child.pid, argv=argv)
         return child
@@ -423,17 +438,96 @@ class Service:
         if self._sink is not None:
             self._sink.secrets = tuple(s.encode() for s in secrets)
 
-    def _record_tree(self, child: ChildProcess) -> None:
-        self.deps.registry.record(self.name, child.pid, child.create_time, child.known)
+    def _record(self, child: ChildProcess) -> None:
+        """Persist what a successor daemon needs to adopt this engine (registry.py)."""
+        self.deps.registry.record(
+            self.name, child.pid, child.create_time, child.known,
+            fingerprint=self.fingerprint(), port=self.config.spec.port,
+            spool=str(child.spool) if child.spool else None, spool_offset=child.spool_offset,
+            ready_since=self.ready_since_wall if self._child is child else None,
+            restarts=dict(self.restarts),
+        )  # fmt: skip
 
-    def _environment(self) -> dict[str, str]:
-        env = clean_child_env(os.environ)
+    def _own_env(self) -> dict[str, str]:
+        """The environment the config gives the engine (the daemon's own is added to it)."""
+        env: dict[str, str] = {}
         devices = self.deps.cuda_devices(self.config)
         if devices is not None:
             env["CUDA_VISIBLE_DEVICES"] = devices
         env.update(self.engine.env(self.config, self.deps.policy()))
         env.update(self.config.spec.env)
         return env
+
+    def fingerprint(self) -> str:
+        """What makes a running engine this service's: argv, configured env, port.
+
+        The inherited environment is left out on purpose: systemd gives every invocation a
+        new INVOCATION_ID, and a restart of the daemon must not look like a changed spec.
+        """
+        identity = [self.engine.argv(self.config), self._own_env(), self.config.spec.port]
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+    def _spool_path(self) -> Path:
+        return self.deps.registry.state_dir / "spool" / f"{self.name}.out"
+
+    def _open_sink(self) -> RotatingFile | None:
+        if self.deps.log_dir is None:
+            return None
+        try:
+            self.deps.log_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.error("log.dir_unusable", dir=str(self.deps.log_dir), error=str(exc))
+            return None
+        return RotatingFile(self.deps.log_dir / f"{self.name}.log")
+
+    # -- adoption (a previous daemon's engine) and detaching (before an upgrade) ---------
+
+    def adoptable(self, record: dict[str, Any]) -> str | None:
+        """Why the engine in ``record`` cannot be adopted, or None if it can."""
+        root = recorded_root(record)
+        if root is None or root.alive() is None:
+            return "not running"
+        if record.get("fingerprint") != self.fingerprint():
+            return "spec changed"
+        return None
+
+    async def adopt(self, record: dict[str, Any]) -> bool:
+        """Supervise the engine a previous daemon started, without restarting it."""
+        root = recorded_root(record)
+        marker = self.deps.registry.marker(self.name)
+        async with self._lifecycle:
+            child = None
+            if root is not None and (self._runner is None or self._runner.done()):
+                child = ChildProcess.adopt(self.name, root, marker=marker,
+                                           known=recorded_tree(record))  # fmt: skip
+            if child is None:
+                return False
+            self.restarts.update(record.get("restarts") or {})
+            self._adopted_ready_since = record.get("ready_since")
+            self._run_started = self.deps.wall_clock()
+            self._mask_secrets()
+            if self._sink is not None:  # its history (masked), then what came meanwhile
+                read_tail(self._sink.path, self.ring)
+            spool = self._spool_path()
+            if record.get("spool") == str(spool):  # what it wrote meanwhile is read now
+                child.follow(spool, self.ring, self._sink, int(record.get("spool_offset") or 0))
+            self._child = child
+            child.on_tree_grew = self._record
+            self._set_state(State.STARTING, "adopted")
+            # The run resumes with this child: probed, never restarted (as after an error).
+            self._adopting = True
+            self._runner = asyncio.create_task(self._supervise(), name=f"service:{self.name}")
+        log.info("service.adopted", service=self.name, pid=child.pid)
+        return True
+
+    async def detach(self) -> None:
+        """Stop supervising and leave the engine running (an upgrade re-adopts it)."""
+        async with self._lifecycle:
+            await self._cancel_runner()
+            child = self._child
+            if child is not None and child.running:
+                await child.detach()
+                self._record(child)
 
     async def _await_ready(self, child: ChildProcess) -> Failure | None:
         """Poll readiness until it answers, racing the child's exit and the startup timeout."""
@@ -498,9 +592,22 @@ class Service:
                 log.warning(
                     "service.health_failed", service=self.name, failures=self.health_failures
                 )
-            if self.health_failures >= health.failures and child.returncode is None:
+            if self.health_failures >= health.failures and child.running:
                 message = f"{self.health_failures} consecutive health checks failed"
                 return Failure("health", message, was_ready_for=ready_for)
+
+    def _become_ready(self, child: ChildProcess) -> None:
+        adopted, self._adopting = self._adopting, False
+        self._set_state(State.READY, "adopted" if adopted else "ready")
+        if child.follower is not None:
+            child.follower.eager = False  # loaded: no more phases to show at once
+        was = self._adopted_ready_since
+        if adopted and isinstance(was, (int, float)):
+            # Keep the original uptime: it was ready all along, under the previous daemon.
+            age = max(0.0, self.deps.wall_clock() - float(was))
+            self.ready_since, self.ready_since_wall = self.deps.clock() - age, float(was)
+        self._adopted_ready_since = None
+        self._record(child)
 
     async def _warm_up(self) -> None:
         """One short request before the gateway routes here, so the first client does not
@@ -554,7 +661,7 @@ class Service:
 
     async def _cleanup_after_failure(self, child: ChildProcess, failure: Failure) -> None:
         """Make sure nothing of the failed run is left, then explain what happened."""
-        if child.returncode is None:
+        if child.running:
             # Hung or too slow: ask politely first, the ladder escalates.
             grace = self.config.spec.stop_timeout or self.engine.stop_timeout
             failure.status = await child.stop(grace)
@@ -562,6 +669,7 @@ class Service:
             # The main process is gone; vLLM's EngineCore/Worker would stay and hold memory.
             await child.kill_remaining()
         failure.status = failure.status or await child.wait()
+        await child.drain_output()
         self._diagnose(failure)
         await self._forget_child(child)
 
@@ -591,16 +699,6 @@ class Service:
             self._child = None
         if self.deps.wait_released is not None:
             await self.deps.wait_released(self.config, gone)
-
-    def _open_sink(self) -> RotatingFile | None:
-        if self.deps.log_dir is None:
-            return None
-        try:
-            self.deps.log_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            log.error("log.dir_unusable", dir=str(self.deps.log_dir), error=str(exc))
-            return None
-        return RotatingFile(self.deps.log_dir / f"{self.name}.log")
 
     # -- what status shows -------------------------------------------------------------
 

@@ -1,10 +1,10 @@
 """kill -9 of the daemon during a start, a reload and a shutdown; then a fresh daemon.
 
-The engines ignore SIGTERM (so the kernel's parent-death SIGTERM does not end them) and
-have a grandchild in their group plus one setsid'd out of it: after the kill they are all
-orphans. A fresh daemon on the same state dir must kill every one of them (its registry
-records and the environment marker) before it starts anything, then bring every boot
-service to ready.
+The engines ignore SIGTERM and have a grandchild in their group plus one setsid'd out of it.
+A fresh daemon on the same state dir adopts every engine whose record matches the config
+(same processes, whole trees, no new spawn) and brings it to ready; when the profile was
+edited while no daemon ran, nothing matches and it must kill every one of them (its registry
+records and the environment marker) before it starts anything.
 """
 
 from __future__ import annotations
@@ -68,22 +68,47 @@ SCENARIOS: dict[str, tuple[float, Callable[[DaemonProcess], None]]] = {
 }
 
 
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize("moment", list(SCENARIOS))
-def test_kill_9_of_the_daemon_then_a_fresh_one_cleans_up(
-    tmp_path: Path, state_dir: Path, moment: str
-) -> None:
+def kill_9_at(moment: str, config_dir: Path, state_dir: Path) -> set[ProcRef]:
+    """Reach ``moment`` with a first daemon, kill -9 it; the processes it left alive."""
     delay, reach = SCENARIOS[moment]
-    write_atomic(tmp_path / "cpu.yaml", profile(delay))
-    with daemon_on(tmp_path, state_dir, wait_ready=False) as first:
+    write_atomic(config_dir / "cpu.yaml", profile(delay))
+    with daemon_on(config_dir, state_dir, wait_ready=False) as first:
         reach(first)
         before: set[ProcRef] = marked(first)
         first.proc.kill()
         first.proc.wait()
-        orphans = before | marked(first)
-    orphans = {r for r in orphans if r.alive()}
-    assert orphans, "the attack left no orphans: nothing was tested"
+        left = before | marked(first)
+    left = {r for r in left if r.alive()}
+    assert left, "the attack left no engine behind: nothing was tested"
+    return left
 
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("moment", list(SCENARIOS))
+def test_kill_9_of_the_daemon_then_a_fresh_one_adopts_every_engine(
+    tmp_path: Path, state_dir: Path, moment: str
+) -> None:
+    left = kill_9_at(moment, tmp_path, state_dir)
+    with daemon_on(tmp_path, state_dir, timeout=60) as second:
+        status: dict[str, Any] = second.status()
+        assert all(s["state"] == "ready" for s in status["services"].values())
+        assert not second.events("orphan.killed") and not second.events("service.spawned")
+        # The same processes, whole trees (grandchildren outside the group included).
+        assert all(r.alive() for r in left), sorted(r.pid for r in left if not r.alive())
+        assert {r.pid for r in marked(second)} <= live_tree_pids(status) | {r.pid for r in left}
+        assert {s["pid"] for s in status["services"].values()} <= {r.pid for r in left}
+        print(f"{moment}: {len(left)} processes adopted by the fresh daemon")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("moment", list(SCENARIOS))
+def test_kill_9_of_the_daemon_then_an_edited_profile_kills_every_orphan(
+    tmp_path: Path, state_dir: Path, moment: str
+) -> None:
+    orphans = kill_9_at(moment, tmp_path, state_dir)
+    # Edited while no daemon ran: no engine matches its service's spec any more.
+    edited = (tmp_path / "cpu.yaml").read_text().replace("max-model-len", "max-num-seqs")
+    write_atomic(tmp_path / "cpu.yaml", edited)
     with daemon_on(tmp_path, state_dir, timeout=60) as second:
         survivors = sorted(r.pid for r in orphans if r.alive())
         assert not survivors, f"engines of the killed daemon still alive: {survivors}"

@@ -48,7 +48,8 @@ def test_full_log_dir_logs_one_error_per_service_and_engines_keep_running(
         assert daemon.pids() == pids
         status = daemon.services()
         assert all(s["state"] == "ready" and s["restarts"] == 0 for s in status.values())
-        # The output still flows (the pump never blocks): the ring buffer has fresh lines.
+        # The output still flows (the spool is drained whatever the log disk does): the ring
+        # buffer has fresh lines.
         for name in pids:
             lines = daemon.client().log_tail(name, 5, None)
             assert lines and time.time() - lines[-1].ts < 5, name
@@ -108,6 +109,10 @@ def test_read_only_state_dir_is_reported_and_supervision_goes_on(tmp_path: Path,
             assert daemon.events("state.pid_file_failed")
         assert daemon.pids()[bystander] == pids[bystander]
         assert daemon.services()[bystander]["restarts"] == 0
+        # Without records the next program would take its own engines for orphans.
+        refused = daemon.cli("upgrade", timeout=60)
+        assert refused.returncode == 1 and "cannot record the engines" in refused.stderr
+        assert daemon.pids()[bystander] == pids[bystander]
 
 
 @pytest.mark.timeout(90)

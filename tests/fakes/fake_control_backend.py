@@ -19,7 +19,7 @@ import httpx
 
 from llm_supervisor.control.backend import ControlBackend, LogLine
 from llm_supervisor.control.server import ControlServer
-from llm_supervisor.errors import StartFailedError, UnknownServiceError
+from llm_supervisor.errors import StartFailedError, UnknownServiceError, UpgradeError
 
 GIB = 1024**3
 T0 = 1_700_000_000.0
@@ -117,6 +117,7 @@ class FakeControlBackend:
         self.followers: dict[str, list[asyncio.Queue[LogLine]]] = {}
         self.calls: list[tuple[Any, ...]] = []
         self.reload_errors: list[str] = []
+        self.upgrade_error: str | None = None
         for i in range(5):
             self.logs["qwen3-8b"].append(LogLine(T0 + i, "stdout", f"line {i}"))
         self.logs["qwen3-8b"].append(LogLine(T0 + 5, "stderr", "warning: on stderr"))
@@ -175,6 +176,12 @@ class FakeControlBackend:
             return {"result": "rejected", "errors": errors, "changes": {}}
         changes = {"restarted": ["qwen3-8b"], "started": [], "stopped": [], "updated": []}
         return {"result": "unchanged" if dry_run else "applied", "errors": [], "changes": changes}
+
+    async def upgrade(self) -> dict[str, Any]:
+        self.calls.append(("upgrade",))
+        if self.upgrade_error is not None:
+            raise UpgradeError(self.upgrade_error)
+        return {"from": "0.1.0", "to": "0.2.0", "pid": 4242, "generation": 0}
 
     def log_tail(self, name: str, lines: int, since: float | None) -> list[LogLine]:
         self._svc(name)

@@ -5,7 +5,8 @@ Speaks enough of vLLM (``/health``, ``/v1/models``, ``/v1/chat/completions``) or
 (``/api/version``) for readiness and liveness, and misbehaves on request: slow start, failing
 or hanging health, slow replies, ignoring SIGTERM, exiting after a while, spawning
 grandchildren (also in their own session), flooding output, printing giant lines or vLLM-like
-loading phases.
+loading phases, or dying of SIGPIPE on a write to a pipe nobody reads any more, as a Go
+program (Ollama) does.
 Unknown flags are accepted, as a real engine's argv carries many.
 """
 
@@ -55,6 +56,8 @@ def parse() -> argparse.Namespace:
     )  # fmt: skip
     p.add_argument("--first-request-delay", type=float, default=0.0, help="first POST waits S")
     p.add_argument("--reply-delay", type=float, default=0.0, help="answer /v1 requests after S")
+    p.add_argument("--go-sigpipe", action="store_true", help="die of SIGPIPE, as Go does")
+    p.add_argument("--heartbeat", type=float, default=None, help="print a line every S")
     args, _unknown = p.parse_known_args()
     return args
 
@@ -62,6 +65,10 @@ def parse() -> argparse.Namespace:
 def main() -> None:
     args = parse()
     name = args.served_model_name or args.model
+    if args.go_sigpipe:
+        # Python ignores SIGPIPE (a write to a reader-less pipe raises BrokenPipeError); a
+        # Go program writing to stdout/stderr is killed by it instead (os/signal docs).
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     print(f"fake engine pid={os.getpid()} mode={args.mode} port={args.port}", flush=True)
     if args.api_key:  # as vLLM's api_server logs them at start
         print(f"INFO non-default args: {{'api_key': ['{args.api_key}']}}", flush=True)
@@ -86,6 +93,8 @@ def main() -> None:
     started = time.monotonic()
     if args.flood:
         threading.Thread(target=flood, args=(args.flood,), daemon=True).start()
+    if args.heartbeat:
+        threading.Thread(target=heartbeat, args=(args.heartbeat,), daemon=True).start()
     if args.exit_after is not None:
         threading.Timer(args.exit_after, lambda: os._exit(args.exit_code)).start()
     serve(args, name, started)
@@ -129,6 +138,14 @@ def flood(per_second: int) -> None:
             print(f"noise {n} \r progress {n}%", flush=False)
         sys.stdout.flush()
         time.sleep(1)
+
+
+def heartbeat(every: float) -> None:
+    n = 0
+    while True:
+        n += 1
+        print(f"heartbeat {n} at {time.time():.3f}", flush=True)
+        time.sleep(every)
 
 
 def serve(args: argparse.Namespace, name: str, started: float) -> None:
