@@ -252,6 +252,19 @@ async def test_an_informational_answer_before_the_real_one_is_not_passed_on() ->
     assert engine.connections == 1
 
 
+async def test_bytes_past_the_content_length_never_reach_the_client() -> None:
+    def too_much(
+        conn: int, count: int, head: bytes, b: bytes, transport: asyncio.Transport
+    ) -> None:
+        transport.write(OK + b"HTTP/1.1 200 OK\r\nX-Smuggled: 1\r\n\r\n" if conn == 0 else OK)
+
+    async with relay(too_much) as (engine, _, url), httpx.AsyncClient() as client:
+        for _ in range(3):  # the client's connection stays clean for the next answers
+            response = await client.get(url + "/api/version")
+            assert (response.json(), "x-smuggled" in response.headers) == ({"ok": True}, False)
+    assert engine.connections == 2  # the engine's spoiled connection was not reused
+
+
 async def test_head_requests_are_answered_without_a_body() -> None:
     def answer(conn: int, count: int, head: bytes, b: bytes, transport: asyncio.Transport) -> None:
         transport.write(OK[: OK.index(b"\r\n\r\n") + 4] if head.startswith(b"HEAD") else OK)

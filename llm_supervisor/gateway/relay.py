@@ -79,6 +79,8 @@ class EngineConnection(asyncio.Protocol):
         self.hop = False  # it has a hop-by-hop header (then the head is rebuilt without)
         self.head_done = self.complete = self.paused = self.received = False
         self.keep_alive = False
+        self.left: int | None = None  # body bytes the Content-Length still allows
+        self.spoiled = False  # the engine sent more than its answer: do not reuse
         self.interim = 0  # 1xx heads before the answer's (103 Early Hints): not passed on
         self._in_interim = False
         self.error: Exception | None = None
@@ -164,8 +166,10 @@ class EngineConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:  # HttpParserUpgrade included
-            self._fail(BrokenAnswer(str(exc) or type(exc).__name__))
-            return
+            if not self.complete:
+                self._fail(BrokenAnswer(str(exc) or type(exc).__name__))
+                return
+            self.spoiled = True  # garbage after a whole answer: the answer stands
         if had_head:
             self._body(data)
         elif self.head_done:  # the head ended in this segment: the rest is body
@@ -188,6 +192,10 @@ class EngineConnection(asyncio.Protocol):
             self._wake()
 
     def _body(self, data: bytes) -> None:
+        left = self.left
+        if left is not None:  # never more than the Content-Length said, whatever follows
+            data = data[:left] if len(data) > left else data
+            self.left = left - len(data)
         sink = self.sink
         if sink is None:
             self.pending.append(data)
@@ -242,7 +250,7 @@ class EngineConnection(asyncio.Protocol):
         self.hop = _HOP_LINE.search(lower) is not None
         at = lower.find(b"\ncontent-length:")
         if at >= 0:
-            self.length = int(lower[at + 16 : lower.index(b"\r", at + 16)])  # digits: llhttp
+            self.length = self.left = int(lower[at + 16 : lower.index(b"\r", at + 16)])
         self.framed = at >= 0 or b"\ntransfer-encoding:" in lower
 
     def _fail(self, error: Exception) -> None:
@@ -285,7 +293,7 @@ class EnginePool:
 
     def release(self, conn: EngineConnection) -> None:
         """Back to the pool if the exchange ended cleanly and both sides keep the connection."""
-        if conn.lost or not conn.complete or conn.error or not conn.keep_alive:
+        if conn.lost or not conn.complete or conn.error or conn.spoiled or not conn.keep_alive:
             conn.close()
             return
         conn.idle_since = time.monotonic()
