@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -248,7 +247,3 @@ def _services(profiles: dict[str, ProfileFile]) -> dict[str, ServiceConfig]:
                 name, ServiceConfig(name=name, spec=spec, gpus=profile.gpus, source=source)
             )
     return services
-
-
-def format_issues(issues: Iterable[ConfigIssue]) -> str:
-    return "\n".join(i.format() for i in issues)

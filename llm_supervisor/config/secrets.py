@@ -20,10 +20,6 @@ def is_secret_name(name: str) -> bool:
     return any(word.endswith(_ENDINGS) for word in _WORDS.split(name.lower().lstrip("-")))
 
 
-def redact_mapping(values: Mapping[str, object]) -> dict[str, object]:
-    return {k: MASK if is_secret_name(k) else v for k, v in values.items()}
-
-
 def redact_argv(argv: Sequence[str]) -> list[str]:
     """``--api-key sk-1`` and ``--api-key=sk-1`` → ``--api-key ***`` / ``--api-key=***``."""
     shown: list[str] = []
